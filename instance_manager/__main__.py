@@ -1,0 +1,3 @@
+from instance_manager.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""Command line: ``instance-manager run`` and friends. Maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from instance_manager.errors import EXIT_FAILURE, EXIT_INVALID_SETTINGS, InstanceManagerError
+
+# flag destination -> settings field (None values are "not given")
+_RUN_FLAGS = {
+    "pg_data": "pgData",
+    "pod_name": "podName",
+    "cluster_name": "clusterName",
+    "namespace": "namespace",
+    "pg_port": "port",
+    "status_host": "statusHost",
+    "status_port": "statusPort",
+    "metrics_port": "metricsPort",
+    "local_port": "localPort",
+    "scratch_dir": "scratchDir",
+    "plugin_socket_dir": "pluginSocketDir",
+    "pg_bin": "pgBin",
+    "on_postmaster_exit": "onPostmasterExit",
+    "listen_addresses": "listenAddresses",
+    "user": "user",
+}
+
+
+def _run_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="supervise PostgreSQL (the pod's PID 1)")
+    run.add_argument("--config", type=Path, help="Cluster resource (YAML or JSON)")
+    run.add_argument("--pg-data", help="data directory [env PGDATA]")
+    run.add_argument("--pod-name", help="this instance's name [env POD_NAME; host name]")
+    run.add_argument("--cluster-name", help="cluster name [env CLUSTER_NAME]")
+    run.add_argument("--namespace", help="namespace [env NAMESPACE]")
+    run.add_argument("--pg-port", type=int, help="PostgreSQL port [env PGPORT; 5432]")
+    run.add_argument("--listen-addresses", help="PostgreSQL listen_addresses ['*']")
+    run.add_argument("--status-host", help="address of the status server [all]")
+    run.add_argument("--status-port", type=int, help="probes and operator API [8000]")
+    run.add_argument("--metrics-port", type=int, help="Prometheus metrics [9187]")
+    run.add_argument("--local-port", type=int, help="localhost-only API [8010]")
+    run.add_argument("--scratch-dir", help="run/, log/, tmp/ live here [/controller]")
+    run.add_argument("--plugin-socket-dir", help="CNPG-I sockets [env PLUGIN_SOCKET_DIR; /plugins]")
+    run.add_argument("--pg-bin", help="directory of the PostgreSQL programs [auto-detected]")
+    run.add_argument(
+        "--on-postmaster-exit",
+        choices=["exit", "restart"],
+        help="after an unexpected postmaster exit [exit in Kubernetes, else restart]",
+    )
+    run.add_argument("--user", help="account to run as when started as root [postgres]")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instance-manager", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from instance_manager.process.signals import Signals
+
+    signals = Signals()
+    signals.install_early()  # before anything slow: PID 1 drops unhandled signals
+
+    from instance_manager import log, settings
+    from instance_manager.process import privileges
+
+    flags = {field: getattr(args, dest) for dest, field in _RUN_FLAGS.items()}
+
+    def load() -> settings.Settings:
+        return settings.load(args.config, os.environ, flags)
+
+    current = load()
+    log.setup(current.instance.podName, getattr(logging, args.log_level.upper()))
+    privileges.prepare(current)
+
+    import asyncio
+
+    from instance_manager.supervisor import Supervisor
+
+    return asyncio.run(Supervisor(current, load, signals).run())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        from instance_manager import __version__
+
+        print(__version__)
+        return 0
+    try:
+        return run_command(args)
+    except InstanceManagerError as exc:
+        print(f"instance-manager: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+__all__ = ["EXIT_INVALID_SETTINGS", "main"]

@@ -1,0 +1,282 @@
+"""PostgreSQL configuration files the manager owns, rendered as CloudNativePG does.
+
+``postgresql.conf`` keeps what initdb wrote and gains two includes; ``custom.conf`` is
+rendered defaults -> user parameters -> mandatory settings and ends with
+``cnpg.config_sha256``; ``override.conf``, ``pg_hba.conf`` and ``pg_ident.conf`` are
+generated. Every file is written atomically and only when its content changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pwd
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instance_manager import log
+from instance_manager.settings import Settings
+
+CUSTOM_CONF = "custom.conf"
+OVERRIDE_CONF = "override.conf"
+HASH_PARAMETER = "cnpg.config_sha256"
+
+# CloudNativePG's global defaults; a user parameter replaces them.
+DEFAULT_PARAMETERS: dict[str, str] = {
+    "archive_timeout": "5min",
+    "dynamic_shared_memory_type": "posix",
+    "full_page_writes": "on",
+    "max_parallel_workers": "32",
+    "max_replication_slots": "32",
+    "max_worker_processes": "32",
+    "shared_memory_type": "mmap",
+    "ssl_max_protocol_version": "TLSv1.3",
+    "ssl_min_protocol_version": "TLSv1.3",
+    "wal_keep_size": "512MB",
+    "wal_level": "logical",
+    "wal_log_hints": "on",
+    "wal_receiver_timeout": "5s",
+    "wal_sender_timeout": "5s",
+}
+
+# Parameters the manager owns: a user value is ignored with a warning, never applied.
+MANAGED_PARAMETERS = frozenset(
+    {
+        "allow_system_table_mods",
+        "archive_cleanup_command",
+        "archive_command",
+        "archive_mode",
+        "cluster_name",
+        "config_file",
+        "data_directory",
+        "external_pid_file",
+        "hba_file",
+        "hot_standby",
+        "ident_file",
+        "listen_addresses",
+        "log_destination",
+        "log_directory",
+        "log_file_mode",
+        "log_filename",
+        "log_rotation_age",
+        "log_rotation_size",
+        "log_truncate_on_rotation",
+        "logging_collector",
+        "port",
+        "primary_conninfo",
+        "primary_slot_name",
+        "promote_trigger_file",
+        "recovery_end_command",
+        "recovery_min_apply_delay",
+        "recovery_target",
+        "recovery_target_action",
+        "recovery_target_inclusive",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_timeline",
+        "recovery_target_xid",
+        "restart_after_crash",
+        "restore_command",
+        "shared_preload_libraries",
+        "ssl",
+        "ssl_ca_file",
+        "ssl_cert_file",
+        "ssl_crl_dir",
+        "ssl_crl_file",
+        "ssl_dh_params_file",
+        "ssl_key_file",
+        "ssl_passphrase_command",
+        "ssl_passphrase_command_supports_reload",
+        "stats_temp_directory",
+        "synchronous_standby_names",
+        "syslog_facility",
+        "syslog_ident",
+        "syslog_sequence_numbers",
+        "syslog_split_messages",
+        "temp_tablespaces",
+        "unix_socket_directories",
+        "unix_socket_group",
+        "unix_socket_permissions",
+    }
+)
+
+_logger = log.get()
+
+
+@dataclass(frozen=True)
+class RenderedConfig:
+    custom_conf: str
+    sha256: str
+    ignored: tuple[str, ...] = field(default=())
+
+
+def quote(value: str) -> str:
+    """A value in postgresql.conf syntax."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def certificates_dir(settings: Settings) -> Path:
+    return settings.instance.scratchDir / "certificates"
+
+
+def ssl_enabled(settings: Settings) -> bool:
+    certs = certificates_dir(settings)
+    return (certs / "server.crt").is_file() and (certs / "server.key").is_file()
+
+
+def archive_command(settings: Settings) -> str:
+    # No CNPG-I plugin support yet: with no archiver configured CloudNativePG reports
+    # success without archiving, and so do we.
+    return "/bin/true"
+
+
+def mandatory_parameters(settings: Settings) -> dict[str, str]:
+    params = {
+        "archive_command": archive_command(settings),
+        "archive_mode": "on",
+        "cluster_name": settings.cluster.metadata.name,
+        "hot_standby": "on",
+        "listen_addresses": settings.instance.listenAddresses,
+        "log_destination": "csvlog",
+        "log_directory": str(settings.log_dir),
+        "log_filename": "postgres",
+        "log_rotation_age": "0",
+        "log_rotation_size": "0",
+        "log_truncate_on_rotation": "false",
+        "logging_collector": "on",
+        "port": str(settings.instance.port),
+        "restart_after_crash": "off",
+        "shared_preload_libraries": ",".join(
+            settings.cluster.spec.postgresql.shared_preload_libraries
+        ),
+        "unix_socket_directories": str(settings.run_dir),
+    }
+    if ssl_enabled(settings):
+        certs = certificates_dir(settings)
+        params["ssl"] = "on"
+        params["ssl_cert_file"] = str(certs / "server.crt")
+        params["ssl_key_file"] = str(certs / "server.key")
+        if (certs / "client-ca.crt").is_file():
+            params["ssl_ca_file"] = str(certs / "client-ca.crt")
+    return params
+
+
+def render_custom_conf(settings: Settings) -> RenderedConfig:
+    """defaults -> user parameters (managed ones dropped) -> mandatory, then the hash."""
+    params = dict(DEFAULT_PARAMETERS)
+    ignored = []
+    for name, value in settings.cluster.spec.postgresql.parameters.items():
+        key = name.lower()
+        if key in MANAGED_PARAMETERS or key.startswith("cnpg."):
+            ignored.append(name)
+            continue
+        params[key] = value
+    params.update(mandatory_parameters(settings))
+    body = "".join(f"{key} = {quote(params[key])}\n" for key in sorted(params))
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    text = (
+        "# Generated by the instance manager from the Cluster resource: do not edit.\n"
+        + body
+        + f"{HASH_PARAMETER} = {quote(digest)}\n"
+    )
+    return RenderedConfig(custom_conf=text, sha256=digest, ignored=tuple(ignored))
+
+
+def os_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def render_pg_hba(settings: Settings) -> str:
+    lines = [
+        "# Generated by the instance manager: do not edit.",
+        "local all cnpg_metrics_exporter peer map=cnpg_metrics_exporter",
+        "local all all peer map=local",
+    ]
+    if ssl_enabled(settings):
+        lines += [
+            "hostssl postgres streaming_replica all cert",
+            "hostssl replication streaming_replica all cert",
+        ]
+    lines += ["", "# User rules (spec.postgresql.pg_hba)"]
+    lines += settings.cluster.spec.postgresql.pg_hba
+    lines += ["", "# Default rule", "host all all all scram-sha-256"]
+    return "\n".join(lines) + "\n"
+
+
+def render_pg_ident(settings: Settings) -> str:
+    user = os_user()
+    lines = [
+        "# Generated by the instance manager: do not edit.",
+        f"local {user} postgres",
+        "cnpg_streaming_replica streaming_replica streaming_replica",
+        f"cnpg_metrics_exporter {user} cnpg_metrics_exporter",
+    ]
+    lines += settings.cluster.spec.postgresql.pg_ident
+    return "\n".join(lines) + "\n"
+
+
+def render_override_conf(settings: Settings) -> str:
+    return "# Generated by the instance manager: recovery settings live here.\n"
+
+
+def write_atomic(path: Path, content: str, mode: int = 0o600) -> bool:
+    """Replace ``path`` with ``content`` unless it already holds it. Returns changed."""
+    try:
+        if path.read_text() == content:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, content.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
+def ensure_includes(pgdata: Path) -> bool:
+    """Append the custom.conf and override.conf includes to postgresql.conf once."""
+    conf = pgdata / "postgresql.conf"
+    text = conf.read_text()
+    present = {line.strip() for line in text.splitlines()}
+    missing = [name for name in (CUSTOM_CONF, OVERRIDE_CONF) if f"include '{name}'" not in present]
+    if not missing:
+        return False
+    if not text.endswith("\n"):
+        text += "\n"
+    for name in missing:
+        text += f"\n# load CloudNativePG {name} configuration\ninclude '{name}'\n"
+    return write_atomic(conf, text, 0o600)
+
+
+def write_all(settings: Settings) -> tuple[RenderedConfig, bool]:
+    """Write every managed file; returns the rendered custom.conf and whether any changed."""
+    pgdata = settings.pgdata
+    rendered = render_custom_conf(settings)
+    for name in rendered.ignored:
+        log.event(
+            _logger,
+            "ignoring a parameter the instance manager owns",
+            logging.WARNING,
+            parameter=name,
+        )
+    changed = write_atomic(pgdata / CUSTOM_CONF, rendered.custom_conf)
+    changed |= write_atomic(pgdata / OVERRIDE_CONF, render_override_conf(settings))
+    changed |= write_atomic(pgdata / "pg_hba.conf", render_pg_hba(settings))
+    changed |= write_atomic(pgdata / "pg_ident.conf", render_pg_ident(settings))
+    changed |= ensure_includes(pgdata)
+    auto_conf = pgdata / "postgresql.auto.conf"
+    if auto_conf.exists():
+        mode = 0o600 if settings.cluster.spec.postgresql.enableAlterSystem else 0o400
+        os.chmod(auto_conf, mode)
+    return rendered, changed

@@ -1,0 +1,299 @@
+"""The postmaster lifecycle loop: one iteration per postmaster lifetime.
+
+Each iteration prepares PGDATA (initdb on first start, configuration files, WAL space),
+starts or adopts the postmaster, then waits for whichever comes first: the postmaster's
+exit, a stop request, or a reload request. An unexpected exit either ends the loop with
+an error (the container restarts, CNPG's behaviour) or restarts PostgreSQL in place
+after a growing back-off (standalone mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from instance_manager import log
+from instance_manager.errors import NoWALSpaceError, PostmasterExited, SettingsError
+from instance_manager.postgres import bootstrap, config, controldata, postmaster, shutdown
+from instance_manager.postgres import sql as pgsql
+from instance_manager.postgres.postmaster import Postmaster
+from instance_manager.settings import Settings
+from instance_manager.state import InstanceState
+
+_logger = log.get()
+# A postmaster that ran this long before dying resets the restart back-off.
+STABLE_RUN_SECONDS = 60.0
+HASH_CONFIRM_TIMEOUT = 10.0
+LAST_LINES = 20
+
+
+class Lifecycle:
+    """Owns the postmaster. Commands arrive through request_stop/request_reload."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: InstanceState,
+        reload_settings: Callable[[], Settings],
+        recent_logs: Callable[[], list[str]] = list,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self._reload_settings = reload_settings
+        self._recent_logs = recent_logs
+        self._stderr: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
+        self.session = pgsql.Session(settings)
+        self.stop_requested = asyncio.Event()
+        self.escalate = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.spawned = asyncio.Event()  # initdb or the first postmaster has started
+        self.pm: Postmaster | None = None
+        self.stopped_by: shutdown.Stage | None = None
+
+    # -- commands (signal handlers call these; they only set events) --
+    def request_stop(self) -> None:
+        if self.stop_requested.is_set():
+            self.escalate.set()
+        else:
+            self.stop_requested.set()
+
+    def request_reload(self) -> None:
+        self.reload_requested.set()
+
+    # -- the loop --
+    async def run(self) -> None:
+        backoff = 1.0
+        while not self.stop_requested.is_set():
+            try:
+                started = await self._until_stop(self._start())
+            except PostmasterExited as exc:  # died while starting
+                if self.pm is None:
+                    raise
+                pm, reason = self.pm, exc.status
+            else:
+                if started is None:  # stop requested before PostgreSQL was ready
+                    return
+                pm = started
+                reason = await self._supervise(pm)
+                if reason == "stop":
+                    await self._shutdown(pm)
+                    return
+            ran_for = time.monotonic() - pm.started_at
+            self._report_exit(pm, reason)
+            if self.settings.on_postmaster_exit == "exit":
+                raise PostmasterExited(pm.pid, reason)
+            backoff = 1.0 if ran_for > STABLE_RUN_SECONDS else backoff
+            log.event(_logger, "restarting PostgreSQL after back-off", seconds=backoff)
+            await self._sleep_unless_stopped(backoff)
+            backoff = min(backoff * 2, self.settings.instance.restartBackoffMax)
+
+    async def _until_stop(self, starting: Coroutine[Any, Any, Postmaster]) -> Postmaster | None:
+        """Run the start-up, but give up on it if a stop arrives (PostgreSQL is then stopped)."""
+        task = asyncio.ensure_future(starting)
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # failed while we were cancelling: nothing to stop
+            log.event(_logger, "start-up abandoned", error=str(exc))
+        if self.pm is not None and self.pm.running:
+            await self._shutdown(self.pm)
+        return None
+
+    async def _start(self) -> Postmaster:
+        s = self.settings
+        self.state.might_be_unavailable = True
+        if not bootstrap.is_initialised(s.pgdata):
+            self.spawned.set()
+            await bootstrap.initdb(s)
+        rendered, _ = config.write_all(s)
+        self.state.written_config_hash = rendered.sha256
+        await self._check_wal_space()
+        self._stderr.clear()
+        pm = await postmaster.start(s, self._stderr.append)
+        self.pm = pm
+        self.state.postmaster_pid = pm.pid
+        self.state.postmaster_starts += 1
+        self.spawned.set()
+        started = time.monotonic()
+        status = await postmaster.wait_ready(s, pm, float(s.cluster.spec.startDelay))
+        log.event(
+            _logger,
+            "PostgreSQL is accepting connections",
+            status=status,
+            seconds=round(time.monotonic() - started, 3),
+            adopted=pm.adopted,
+        )
+        self.session.reopen()
+        self.state.postmaster_running = True
+        self.state.might_be_unavailable = False
+        self.state.is_primary = not self._is_standby()
+        asyncio.get_running_loop().create_task(self._after_start(pm))
+        return pm
+
+    def _is_standby(self) -> bool:
+        d = self.settings.pgdata
+        return (d / "standby.signal").exists() or (d / "recovery.conf").exists()
+
+    async def _after_start(self, pm: Postmaster) -> None:
+        """Roles, bootstrap completion, configuration confirmation: off the start path."""
+        try:
+            if self.state.is_primary:
+                await bootstrap.ensure_roles(self.settings)
+                await bootstrap.finish_bootstrap(self.settings)
+            if pm.adopted:
+                pm.signal(signal.SIGHUP)  # it may run an older configuration
+            await self._confirm_configuration()
+        except Exception as exc:
+            if pm.running and not self.stop_requested.is_set():
+                log.event(_logger, "post-start tasks failed", logging.ERROR, error=str(exc))
+
+    async def _check_wal_space(self) -> None:
+        values, raw = await controldata.read(self.settings)
+        log.event(log.get("pg_controldata"), "postmaster start up", output=raw)
+        segment = int(values.get(controldata.SEGMENT_SIZE_KEY, "16777216"))
+        fs = os.statvfs(self.settings.pgdata / "pg_wal")
+        free = fs.f_bavail * fs.f_frsize
+        if free < segment:
+            raise NoWALSpaceError(f"no room for a WAL segment ({segment} bytes): {free} bytes free")
+
+    async def _supervise(self, pm: Postmaster) -> str:
+        """Returns 'stop', or how the postmaster ended."""
+        while True:
+            exit_task = asyncio.ensure_future(pm.wait())
+            stop = asyncio.ensure_future(self.stop_requested.wait())
+            reload = asyncio.ensure_future(self.reload_requested.wait())
+            done, pending = await asyncio.wait(
+                {exit_task, stop, reload}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if stop in done:
+                return "stop"
+            if exit_task in done:
+                self.state.postmaster_running = False
+                return exit_task.result()
+            self.reload_requested.clear()
+            await self._reload(pm)
+
+    async def _reload(self, pm: Postmaster) -> None:
+        try:
+            new = self._reload_settings()
+        except SettingsError as exc:
+            log.event(
+                _logger,
+                "new settings refused; keeping the running ones",
+                logging.ERROR,
+                error=str(exc),
+            )
+            return
+        if new.instance != self.settings.instance:
+            log.event(
+                _logger,
+                "instance options changed: they apply at the next start of the instance manager",
+                logging.WARNING,
+            )
+        self.settings = Settings(
+            cluster=new.cluster,
+            instance=self.settings.instance,
+            kubernetes=self.settings.kubernetes,
+            pg_bin=self.settings.pg_bin,
+        )
+        rendered, changed = config.write_all(self.settings)
+        self.state.written_config_hash = rendered.sha256
+        log.event(_logger, "configuration reload requested", changed=changed)
+        pm.signal(signal.SIGHUP)
+        await self._confirm_configuration()
+
+    async def _confirm_configuration(self) -> None:
+        """Wait until PostgreSQL reports the hash we wrote; then read pending restarts."""
+        want = self.state.written_config_hash
+        loaded = ""
+        try:
+            async with asyncio.timeout(HASH_CONFIRM_TIMEOUT):
+                while True:
+                    row = await self.session.fetchone(
+                        "SELECT current_setting('cnpg.config_sha256', true)"
+                    )
+                    loaded = str(row[0]) if row and row[0] is not None else ""
+                    if loaded == want:
+                        break
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.event(
+                _logger, "configuration not confirmed", logging.ERROR, expected=want, loaded=loaded
+            )
+        self.state.loaded_config_hash = loaded
+        row = await self.session.fetchone(
+            "SELECT coalesce(array_agg(name ORDER BY name), '{}') "
+            "FROM pg_settings WHERE pending_restart"
+        )
+        names = row[0] if row else []
+        pending = tuple(str(p) for p in names) if isinstance(names, list) else ()
+        self.state.pending_restart = pending
+        if pending:
+            log.event(
+                _logger,
+                "configuration applied; some parameters need a restart",
+                logging.WARNING,
+                pending_restart=list(pending),
+                config_sha256=loaded,
+            )
+        else:
+            log.event(_logger, "configuration applied", config_sha256=loaded)
+
+    def _report_exit(self, pm: Postmaster, reason: str) -> None:
+        self.state.postmaster_running = False
+        self.state.last_postmaster_exit = reason
+        last = [*self._stderr, *self._recent_logs()][-LAST_LINES:]
+        log.event(
+            _logger,
+            "postmaster exited unexpectedly",
+            logging.ERROR,
+            pid=pm.pid,
+            status=reason,
+            last_log_lines=last,
+            policy=self.settings.on_postmaster_exit,
+        )
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self.stop_requested.wait()
+        except TimeoutError:
+            pass
+
+    async def _shutdown(self, pm: Postmaster) -> None:
+        """The explicit stop sequence: not ready, close our sessions, staged stop."""
+        self.state.stopping = True
+        self.state.might_be_unavailable = True
+        await self.session.close()
+        spec = self.settings.cluster.spec
+        stop_plan = shutdown.plan(spec.smartShutdownTimeout, spec.stopDelay)
+        checkpoint = self._checkpoint if self.state.is_primary else None
+        self.stopped_by = await shutdown.stop(pm, stop_plan, self.escalate, checkpoint)
+        self.state.postmaster_running = False
+        log.event(
+            _logger,
+            "PostgreSQL stopped",
+            mode=self.stopped_by.name.lower() if self.stopped_by else None,
+        )
+
+    async def _checkpoint(self) -> None:
+        conn = await pgsql.connect(self.settings)
+        async with conn:
+            await conn.execute("CHECKPOINT")

@@ -1,0 +1,427 @@
+"""FIFO readers for PostgreSQL's logging collector, turned into JSON lines on stdout.
+
+PostgreSQL runs with ``logging_collector=on``, ``log_destination=csvlog``,
+``log_directory=<log_dir>`` and ``log_filename=postgres``, so its syslogger appends CSV
+records to ``<log_dir>/postgres.csv`` and raw stderr lines to ``<log_dir>/postgres``.
+We make both paths FIFOs and read them. A third FIFO, ``<log_dir>/postgres.json``,
+carries lines that are already JSON (written by short-lived helpers such as
+``wal-archive``); they are copied to stdout verbatim.
+
+We keep one write end of every FIFO open ourselves: the readers then never see EOF
+when the syslogger restarts, and the syslogger's own ``open()`` for writing never
+blocks waiting for a reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import csv
+import io
+import logging
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+from instance_manager import log
+from instance_manager.log import emit_raw
+
+_log = log.get("instance-manager")
+
+# CNPG re-creates a failed FIFO reader after one second; so do we.
+RETRY_DELAY = 1.0
+# Lines on the JSON pipe longer than this are dropped (CNPG's limit).
+MAX_JSON_LINE = 1 << 20
+# Upper bound for one raw line or one CSV record, so that a writer that never sends a
+# newline (or an unbalanced quote) cannot make us buffer without limit.
+MAX_TEXT_LINE = 64 << 20
+# How much we ask the pipe for at a time.
+READ_CHUNK = 64 << 10
+# Messages kept by recent() are cut to this many characters.
+RECENT_CHARS = 500
+
+CSV_FIELDS = (
+    "log_time",
+    "user_name",
+    "database_name",
+    "process_id",
+    "connection_from",
+    "session_id",
+    "session_line_num",
+    "command_tag",
+    "session_start_time",
+    "virtual_transaction_id",
+    "transaction_id",
+    "error_severity",
+    "sql_state_code",
+    "message",
+    "detail",
+    "hint",
+    "internal_query",
+    "internal_query_pos",
+    "context",
+    "query",
+    "query_pos",
+    "location",
+    "application_name",
+    "backend_type",
+    "leader_pid",
+    "query_id",
+)
+# PostgreSQL 12 writes 23 fields, 13 adds backend_type, 14 adds leader_pid and query_id.
+CSV_FIELD_COUNTS = frozenset({23, 24, 26})
+_SEVERITY_INDEX = CSV_FIELDS.index("error_severity")
+_MESSAGE_INDEX = CSV_FIELDS.index("message")
+
+AUDIT_PREFIX = "AUDIT: "
+AUDIT_FIELDS = (
+    "audit_type",
+    "statement_id",
+    "substatement_id",
+    "class",
+    "command",
+    "object_type",
+    "object_name",
+    "statement",
+    "parameter",
+    "rows",  # only with pgaudit.log_rows=on
+)
+
+_SEVERITY_LEVELS = {
+    "LOG": "info",
+    "INFO": "info",
+    "NOTICE": "info",
+    "WARNING": "warning",
+    "ERROR": "error",
+    "FATAL": "error",
+    "PANIC": "error",
+}
+
+
+def severity_level(severity: str) -> str:
+    """Map a PostgreSQL ``error_severity`` to our log level (unknown ones are "info")."""
+    if severity.startswith("DEBUG"):
+        return "debug"
+    return _SEVERITY_LEVELS.get(severity, "info")
+
+
+def parse_csv_fields(text: str) -> list[str]:
+    """Split one complete CSV record (possibly spanning lines) into its fields."""
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    if len(rows) != 1:
+        raise ValueError(f"expected one CSV record, got {len(rows)}")
+    return rows[0]
+
+
+def record_from_fields(fields: Sequence[str]) -> dict[str, Any]:
+    """Name the fields of a csvlog record, omitting empty ones."""
+    if len(fields) not in CSV_FIELD_COUNTS:
+        raise ValueError(f"unexpected number of CSV log fields: {len(fields)}")
+    names = CSV_FIELDS[: len(fields)]
+    return {name: value for name, value in zip(names, fields, strict=True) if value}
+
+
+def parse_pgaudit(message: str) -> dict[str, str] | None:
+    """Return the pgaudit fields if ``message`` is an ``AUDIT: <csv>`` line, else None."""
+    if not message.startswith(AUDIT_PREFIX):
+        return None
+    try:
+        rows = list(csv.reader(io.StringIO(message[len(AUDIT_PREFIX) :], newline="")))
+    except csv.Error:
+        return None
+    if len(rows) != 1 or not len(AUDIT_FIELDS) - 1 <= len(rows[0]) <= len(AUDIT_FIELDS):
+        return None
+    row = rows[0]
+    return dict(zip(AUDIT_FIELDS[: len(row)], row, strict=True))
+
+
+def format_csv_record(fields: Sequence[str]) -> dict[str, Any]:
+    """Build the JSON line for one csvlog record; raises ValueError on a bad field count."""
+    record = record_from_fields(fields)
+    logger = "postgres"
+    audit = parse_pgaudit(record.get("message", ""))
+    if audit is not None:
+        logger = "pgaudit"
+        del record["message"]
+        record["audit"] = audit
+    return {
+        "level": severity_level(record.get("error_severity", "")),
+        "ts": time.time(),
+        "logger": logger,
+        "msg": "record",
+        "record": record,
+    }
+
+
+class CsvRecordAssembler:
+    """Joins the lines of one CSV record.
+
+    A newline inside a quoted field splits a record over several lines. PostgreSQL
+    escapes a quote inside a field as ``""``, so a record is complete exactly when the
+    number of ``"`` characters seen so far is even.
+    """
+
+    def __init__(self, max_size: int = MAX_TEXT_LINE) -> None:
+        self._max_size = max_size
+        self._parts: list[str] = []
+        self._quotes = 0
+        self._size = 0
+
+    def feed(self, line: str) -> str | None:
+        """Add one line (without its newline); return the record once it is complete.
+
+        Raises ValueError, and forgets the partial record, if it grows beyond the limit.
+        """
+        self._parts.append(line)
+        self._quotes += line.count('"')
+        self._size += len(line) + 1
+        if self._size > self._max_size:
+            self.reset()
+            raise ValueError(f"CSV log record longer than {self._max_size} characters")
+        if self._quotes % 2:
+            return None
+        text = "\n".join(self._parts)
+        self.reset()
+        return text
+
+    def reset(self) -> None:
+        self._parts.clear()
+        self._quotes = 0
+        self._size = 0
+
+
+class LineSplitter:
+    """Cuts a byte stream into lines; a line longer than ``max_line`` bytes becomes None."""
+
+    def __init__(self, max_line: int) -> None:
+        self._max_line = max_line
+        self._buf = bytearray()
+        self._skipping = False  # inside an over-long line: discard up to the next newline
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            piece = data[start:end]
+            if self._skipping:
+                self._skipping = False
+            elif len(self._buf) + len(piece) > self._max_line:
+                out.append(None)
+            else:
+                out.append(bytes(self._buf + piece))
+            self._buf.clear()
+            start = end + 1
+        rest = data[start:]
+        if self._skipping:
+            return out
+        if len(self._buf) + len(rest) > self._max_line:
+            self._buf.clear()
+            self._skipping = True
+            out.append(None)
+        else:
+            self._buf += rest
+        return out
+
+
+def _ensure_fifo(path: Path) -> None:
+    """Make ``path`` a FIFO with mode 0600, replacing any other kind of file."""
+    try:
+        mode: int | None = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISFIFO(mode):
+        path.unlink()
+        mode = None
+    if mode is None:
+        os.mkfifo(path, 0o600)
+        os.chmod(path, 0o600)
+
+
+def _noop() -> None:
+    pass
+
+
+@dataclass
+class _Pipe:
+    """One FIFO: its path, what to do with each line, and the fds we hold on it."""
+
+    path: Path
+    max_line: int
+    handle: Callable[[str], None]
+    reset: Callable[[], None] = _noop
+    reader: BinaryIO | None = field(default=None, repr=False)
+    writer: int | None = field(default=None, repr=False)
+
+    def open(self) -> None:
+        _ensure_fifo(self.path)
+        rfd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            # Succeeds at once (no ENXIO) because a reader now exists: our own.
+            self.writer = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        except BaseException:
+            os.close(rfd)
+            raise
+        self.reader = os.fdopen(rfd, "rb", buffering=0)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            with contextlib.suppress(OSError):
+                self.reader.close()  # idempotent: the transport may have closed it already
+            self.reader = None
+        if self.writer is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.writer)
+            self.writer = None
+
+
+class LogPipes:
+    """Reads PostgreSQL's CSV, raw and JSON log FIFOs and writes JSON lines to stdout."""
+
+    def __init__(self, log_dir: Path, *, keep: int = 50, out: TextIO | None = None) -> None:
+        self._log_dir = Path(log_dir)
+        self._out = out
+        self._recent: collections.deque[str] = collections.deque(maxlen=keep)
+        self._csv = CsvRecordAssembler()
+        self._csv_pipe = _Pipe(
+            self._log_dir / "postgres.csv", MAX_TEXT_LINE, self._on_csv_line, self._csv.reset
+        )
+        self._raw_pipe = _Pipe(self._log_dir / "postgres", MAX_TEXT_LINE, self._on_raw_line)
+        self._json_pipe = _Pipe(self._log_dir / "postgres.json", MAX_JSON_LINE, self._on_json_line)
+        self._pipes = (self._csv_pipe, self._raw_pipe, self._json_pipe)
+
+    @property
+    def csv_path(self) -> Path:
+        return self._csv_pipe.path
+
+    @property
+    def raw_path(self) -> Path:
+        return self._raw_pipe.path
+
+    @property
+    def json_path(self) -> Path:
+        return self._json_pipe.path
+
+    def prepare(self) -> None:
+        """Create the log directory and the three FIFOs, and open them (idempotent)."""
+        self._ensure_dir()
+        try:
+            for pipe in self._pipes:
+                if pipe.reader is None:
+                    pipe.open()
+        except BaseException:
+            self._close_all()
+            raise
+
+    async def run(self) -> None:
+        """Read the three FIFOs until cancelled; every fd is closed on the way out."""
+        try:
+            self.prepare()
+            async with asyncio.TaskGroup() as group:
+                for pipe in self._pipes:
+                    group.create_task(self._pump(pipe), name=f"logpipe {pipe.path.name}")
+        finally:
+            self._close_all()
+
+    def recent(self) -> list[str]:
+        """The last ``keep`` messages seen on any pipe, oldest first."""
+        return list(self._recent)
+
+    def _ensure_dir(self) -> None:
+        if not self._log_dir.is_dir():
+            self._log_dir.mkdir(parents=True)
+            os.chmod(self._log_dir, 0o700)
+
+    def _close_all(self) -> None:
+        for pipe in self._pipes:
+            pipe.close()
+
+    async def _pump(self, pipe: _Pipe) -> None:
+        """Read one FIFO forever, re-opening it after a back-off when reading fails."""
+        while True:
+            try:
+                if pipe.reader is None:
+                    self._ensure_dir()
+                    pipe.open()
+                await self._read(pipe)
+                log.event(_log, "log pipe reached EOF", logging.ERROR, path=str(pipe.path))
+            except Exception as exc:
+                log.event(
+                    _log, "log pipe failed", logging.ERROR, path=str(pipe.path), error=repr(exc)
+                )
+            pipe.close()
+            pipe.reset()
+            await asyncio.sleep(RETRY_DELAY)
+
+    async def _read(self, pipe: _Pipe) -> None:
+        """Feed every complete line of ``pipe`` to its handler until EOF."""
+        assert pipe.reader is not None
+        loop = asyncio.get_running_loop()
+        stream = asyncio.StreamReader(limit=READ_CHUNK)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), pipe.reader
+        )
+        splitter = LineSplitter(pipe.max_line)
+        try:
+            while chunk := await stream.read(READ_CHUNK):
+                for line in splitter.feed(chunk):
+                    if line is None:
+                        self._dropped(pipe)
+                    else:
+                        pipe.handle(line.decode("utf-8", "replace"))
+        finally:
+            transport.close()
+
+    def _dropped(self, pipe: _Pipe) -> None:
+        pipe.reset()
+        log.event(
+            _log,
+            "dropping over-long log line",
+            logging.ERROR,
+            path=str(pipe.path),
+            limit=pipe.max_line,
+        )
+
+    def _on_csv_line(self, line: str) -> None:
+        try:
+            text = self._csv.feed(line)
+            if text is None:
+                return
+            fields = parse_csv_fields(text)
+            entry = format_csv_record(fields)
+        except (ValueError, csv.Error) as exc:
+            log.event(
+                _log,
+                "dropping malformed CSV log record",
+                logging.ERROR,
+                path=str(self._csv_pipe.path),
+                error=str(exc),
+            )
+            return
+        self._remember(f"{fields[_SEVERITY_INDEX]}: {fields[_MESSAGE_INDEX]}")
+        emit_raw(entry, self._out)
+
+    def _on_raw_line(self, line: str) -> None:
+        self._remember(line)
+        line_out = {
+            "level": "info",
+            "ts": time.time(),
+            "logger": "postgres",
+            "msg": line,
+            "source": str(self._raw_pipe.path),
+        }
+        emit_raw(line_out, self._out)
+
+    def _on_json_line(self, line: str) -> None:
+        self._remember(line)
+        out = self._out or sys.stdout
+        out.write(line + "\n")
+        out.flush()
+
+    def _remember(self, message: str) -> None:
+        self._recent.append(message[:RECENT_CHARS])

@@ -1,0 +1,188 @@
+"""Settings: the Cluster resource plus this instance's own options, validated once.
+
+Sources, later ones winning: a YAML/JSON file (``--config``), CloudNativePG's environment
+variables, command-line flags. The file is a ``Cluster`` manifest; it may carry one extra
+top-level ``instance`` section with the options below (camelCase, like the resource).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from instance_manager.cluster_model import Cluster, Strict
+from instance_manager.errors import SettingsError
+
+# Environment variable -> instance option, as CloudNativePG's pods set them.
+ENV_OPTIONS = {
+    "PGDATA": "pgData",
+    "POD_NAME": "podName",
+    "PGPORT": "port",
+    "PLUGIN_SOCKET_DIR": "pluginSocketDir",
+}
+ENV_METADATA = {"CLUSTER_NAME": "name", "NAMESPACE": "namespace"}
+
+
+class InstanceOptions(Strict):
+    """Options of this pod's manager (not part of the Cluster resource)."""
+
+    podName: str = Field(default_factory=socket.gethostname, min_length=1)
+    pgData: Path
+    pgBin: Path | None = None
+    port: int = Field(default=5432, ge=1, le=65535)
+    listenAddresses: str = "*"
+    statusHost: str = ""  # "" = every address, as in a pod
+    statusPort: int = Field(default=8000, ge=0, le=65535)
+    metricsPort: int = Field(default=9187, ge=0, le=65535)
+    localPort: int = Field(default=8010, ge=0, le=65535)
+    scratchDir: Path = Path("/controller")
+    pluginSocketDir: Path = Path("/plugins")
+    onPostmasterExit: Literal["exit", "restart"] | None = None
+    user: str | None = None  # when started as root: the account to run as
+    restartBackoffMax: float = Field(default=30.0, gt=0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: Cluster
+    instance: InstanceOptions
+    kubernetes: bool
+    pg_bin: Path
+
+    @property
+    def pgdata(self) -> Path:
+        return self.instance.pgData
+
+    @property
+    def run_dir(self) -> Path:
+        """Unix socket directory (CNPG's /controller/run)."""
+        return self.instance.scratchDir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.instance.scratchDir / "log"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.instance.scratchDir / "tmp"
+
+    @property
+    def on_postmaster_exit(self) -> Literal["exit", "restart"]:
+        if self.instance.onPostmasterExit is not None:
+            return self.instance.onPostmasterExit
+        return "exit" if self.kubernetes else "restart"
+
+    def bin(self, name: str) -> str:
+        return str(self.pg_bin / name)
+
+
+def find_pg_bin(explicit: Path | None) -> Path:
+    """The directory holding ``postgres``: the given one, PATH, or the newest Debian layout."""
+    candidates: list[Path] = []
+    if explicit is not None:
+        candidates = [explicit]
+    else:
+        found = shutil.which("postgres")
+        if found:
+            candidates.append(Path(found).resolve().parent)
+        versions = glob.glob("/usr/lib/postgresql/*/bin")
+        versions.sort(
+            key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0
+        )
+        candidates.extend(Path(p) for p in reversed(versions))
+    for candidate in candidates:
+        if os.access(candidate / "postgres", os.X_OK):
+            return candidate
+    where = str(explicit) if explicit else "PATH or /usr/lib/postgresql/*/bin"
+    raise SettingsError(f"instance.pgBin: no executable 'postgres' found in {where}")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"--config: cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"--config: {path} is not valid YAML/JSON: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"--config: {path} must hold a mapping (a Cluster resource)")
+    return data
+
+
+def _describe(exc: ValidationError, prefix: str) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        msg = error["msg"]
+        if error["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{prefix}{where}: {msg}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def load(
+    config_file: Path | None,
+    env: Mapping[str, str],
+    flags: Mapping[str, Any],
+) -> Settings:
+    """Build and validate the settings; raise SettingsError naming the bad field."""
+    document = read_config_file(config_file) if config_file else {}
+    raw_instance = document.pop("instance", None) or {}
+    if not isinstance(raw_instance, dict):
+        raise SettingsError("invalid settings: instance: must be a mapping")
+    options: dict[str, Any] = dict(raw_instance)
+    metadata = dict(document.get("metadata") or {})
+    for var, key in ENV_OPTIONS.items():
+        if env.get(var):
+            options[key] = env[var]
+    for var, key in ENV_METADATA.items():
+        if env.get(var):
+            metadata[key] = env[var]
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in ("clusterName", "namespace"):
+            metadata["name" if key == "clusterName" else key] = value
+        else:
+            options[key] = value
+    if metadata:
+        document["metadata"] = metadata
+    if "pgData" not in options:
+        raise SettingsError("invalid settings: instance.pgData: required (--pg-data or PGDATA)")
+    try:
+        cluster = Cluster.model_validate(document)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, "")) from exc
+    try:
+        instance = InstanceOptions.model_validate(options)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, "instance.")) from exc
+    if not instance.pgData.is_absolute():
+        instance = instance.model_copy(update={"pgData": instance.pgData.absolute()})
+    if not instance.scratchDir.is_absolute():
+        instance = instance.model_copy(update={"scratchDir": instance.scratchDir.absolute()})
+    socket_path = instance.scratchDir / "run" / f".s.PGSQL.{instance.port}"
+    if len(str(socket_path)) >= 100:
+        raise SettingsError(
+            f"invalid settings: instance.scratchDir: socket path {socket_path} is too long "
+            "(Unix sockets need fewer than 100 bytes)"
+        )
+    return Settings(
+        cluster=cluster,
+        instance=instance,
+        kubernetes=bool(env.get("KUBERNETES_SERVICE_HOST")),
+        pg_bin=find_pg_bin(instance.pgBin),
+    )

@@ -1,0 +1,101 @@
+"""Composition root: builds the components and runs them in one TaskGroup.
+
+Start-up order is chosen for speed: the log pipes and the postmaster start first, and
+the web stack (aiohttp, psycopg: ~300 ms of imports) is imported while PostgreSQL boots
+on the other core. Shutdown is an explicit sequence owned by the lifecycle
+(not ready -> checkpoint -> smart -> fast -> immediate); only after PostgreSQL has
+stopped are the servers and the other components cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from instance_manager import log
+from instance_manager.errors import EXIT_FAILURE, EXIT_OK, InstanceManagerError
+from instance_manager.postgres.lifecycle import Lifecycle
+from instance_manager.postgres.logpipe import LogPipes
+from instance_manager.process.reaper import Reaper
+from instance_manager.process.signals import Signals
+from instance_manager.settings import Settings
+from instance_manager.state import InstanceState
+
+_logger = log.get()
+
+
+class Supervisor:
+    def __init__(
+        self, settings: Settings, reload_settings: Callable[[], Settings], signals: Signals
+    ) -> None:
+        self.settings = settings
+        self.state = InstanceState()
+        self.signals = signals
+        self.pipes = LogPipes(settings.log_dir)
+        self.lifecycle = Lifecycle(settings, self.state, reload_settings, self.pipes.recent)
+        self.reaper = Reaper()
+        self.exit_code = EXIT_OK
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.signals.attach(loop, self.lifecycle.request_stop, self.lifecycle.request_reload)
+        self.pipes.prepare()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                background = [
+                    tg.create_task(self._guard("reaper", self.reaper.run())),
+                    tg.create_task(self._guard("log pipes", self.pipes.run())),
+                ]
+                life = tg.create_task(self._run_lifecycle())
+                await self._first(self.lifecycle.spawned.wait(), life)
+                if not life.done():
+                    background.append(tg.create_task(self._guard("status server", self._web())))
+                await life
+                for task in background:
+                    task.cancel()
+        finally:
+            self.signals.detach(loop)
+        log.event(_logger, "instance manager stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    @staticmethod
+    async def _first(event_wait: Coroutine[Any, Any, Any], task: asyncio.Task[None]) -> None:
+        waiter = asyncio.ensure_future(event_wait)
+        try:
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    async def _run_lifecycle(self) -> None:
+        try:
+            await self.lifecycle.run()
+        except InstanceManagerError as exc:
+            log.event(_logger, "instance manager failed", logging.ERROR, error=str(exc))
+            self.exit_code = exc.exit_code
+        except Exception as exc:
+            _logger.exception("lifecycle crashed", exc_info=exc)
+            self.exit_code = EXIT_FAILURE
+
+    async def _guard(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """A component failure stops the instance cleanly instead of orphaning PostgreSQL."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.event(_logger, f"{name} failed; stopping", logging.ERROR, error=str(exc))
+            self.exit_code = EXIT_FAILURE
+            self.lifecycle.request_stop()
+
+    async def _web(self) -> None:
+        from instance_manager.web.liveness import Liveness
+        from instance_manager.web.probes import Checker
+        from instance_manager.web.server import build_app, serve
+
+        checker = Checker(lambda: self.lifecycle.settings, self.state, self.lifecycle.session)
+        liveness = Liveness(lambda: self.lifecycle.settings)
+        app = build_app(checker, liveness)
+        inst = self.settings.instance
+        await serve(app, inst.statusHost, inst.statusPort)

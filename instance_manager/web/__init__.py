@@ -1,0 +1,1 @@
+"""HTTP servers: probes and operator endpoints on the status port."""
