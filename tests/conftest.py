@@ -1,0 +1,78 @@
+"""Fixtures: PostgreSQL is initialised once (by the daemon itself) and copied per test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import (
+    Daemon,
+    Instance,
+    base_spec,
+    chown_tree,
+    copy_pgdata,
+    kill_postgres,
+    rmtree,
+)
+
+
+def make_root() -> Path:
+    # Short paths: the Unix socket path must stay under 100 bytes.
+    root = Path(tempfile.mkdtemp(prefix="im", dir="/tmp"))
+    os.chmod(root, 0o755)
+    chown_tree(root)
+    return root
+
+
+@pytest.fixture
+def tmp_root() -> Iterator[Path]:
+    root = make_root()
+    yield root
+    rmtree(root)
+
+
+@pytest.fixture(scope="session")
+def template_pgdata() -> Iterator[Path]:
+    """A PGDATA bootstrapped by `instance-manager run`, then stopped cleanly."""
+    root = make_root()
+    inst = Instance(root)
+    inst.write_config(base_spec())
+    daemon = Daemon(inst)
+    try:
+        daemon.wait_ready(120)
+        daemon.wait_log("bootstrap complete")
+        assert daemon.stop() == 0, daemon.tail()
+    finally:
+        daemon.kill()
+        kill_postgres(inst.pgdata)
+    yield inst.pgdata
+    rmtree(root)
+
+
+@pytest.fixture
+def instance(tmp_root: Path, template_pgdata: Path) -> Instance:
+    """A test instance whose PGDATA is a copy of the template."""
+    inst = Instance(tmp_root)
+    copy_pgdata(template_pgdata, inst.pgdata)
+    inst.write_config(base_spec())
+    return inst
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Daemon]]:
+    """Start daemons with ``daemons(instance, *flags)``; all are stopped afterwards."""
+    started: list[Daemon] = []
+
+    def start(inst: Instance, *extra: str, prefix: tuple[str, ...] = ()) -> Daemon:
+        daemon = Daemon(inst, *extra, prefix=prefix)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+        kill_postgres(daemon.inst.pgdata)
