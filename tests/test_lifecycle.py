@@ -117,6 +117,12 @@ def test_postmaster_kill_restart_policy_restarts_and_probes_flip(
     wait_for(lambda: http_get(instance.url("/readyz"))[0] == 500, 10, "/readyz to fail")
     status, body = http_get(instance.url("/readyz"))
     assert status == 500 and body
+    # An unexpected outage is not "expected": the startup probe fails rather than Skipped.
+    wait_for(
+        lambda: http_get(instance.url("/startupz"))[1].startswith("startup check failed"),
+        10,
+        "/startupz to fail",
+    )
     daemon.wait_log("restarting PostgreSQL after back-off")
     daemon.wait_ready(60)
     new = postmaster_pid(instance.pgdata)

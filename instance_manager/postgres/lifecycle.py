@@ -116,7 +116,6 @@ class Lifecycle:
 
     async def _start(self) -> Postmaster:
         s = self.settings
-        self.state.might_be_unavailable = True
         if not bootstrap.is_initialised(s.pgdata):
             self.spawned.set()
             await bootstrap.initdb(s)
@@ -140,7 +139,6 @@ class Lifecycle:
         )
         self.session.reopen()
         self.state.postmaster_running = True
-        self.state.might_be_unavailable = False
         self.state.is_primary = not self._is_standby()
         asyncio.get_running_loop().create_task(self._after_start(pm))
         return pm
