@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,6 +494,7 @@ def bare_python_rss_mb(procs: Processes) -> float:
 class Serving:
     rss_mb: float
     rss_after_load_mb: float
+    ref_rss_mb: float
     lat: dict[str, Latency]
     loads: dict[str, Load]
 
@@ -510,6 +511,182 @@ def measure_serving(lay: Layout, procs: Processes, cfg: Config) -> Serving:
     loads = {p: load(port, p, cfg) for p in ("/healthz", "/failsafe")}
     rss_after = daemon_rss_mb(daemon.proc.pid)
     daemon.stop_timed()
-    return Serving(rss, rss_after, lat, loads)
+    return Serving(rss, rss_after, bare_python_rss_mb(procs), lat, loads)
 
 
+# -- report -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    ours: float
+    ref: float
+    ref_name: str
+    unit: str
+    target: str
+    passed: bool | None  # None: no target, shown for information
+
+
+def lifecycle_rows(rounds: Rounds) -> list[Row]:
+    med = statistics.median
+    start = med(rounds.ours_start) * 1000, med(rounds.ref_start) * 1000
+    stop = med(rounds.ours_stop) * 1000, med(rounds.ref_stop) * 1000
+    return [
+        Row(
+            "start-to-ready (median)",
+            *start,
+            "pg_ctl start -w",
+            "ms",
+            "<= ref + 250 ms",
+            start[0] <= start[1] + 250,
+        ),
+        Row(
+            "SIGTERM-to-exit (median)",
+            *stop,
+            "pg_ctl stop -m fast",
+            "ms",
+            "<= ref + 100 ms",
+            stop[0] <= stop[1] + 100,
+        ),
+    ]
+
+
+def serving_rows(s: Serving) -> list[Row]:
+    ready, health, floor = s.lat["/readyz"], s.lat["/healthz"], s.lat["/failsafe"]
+    rps, rps_ref = s.loads["/healthz"].rps, s.loads["/failsafe"].rps
+    fs = "/failsafe"
+    return [
+        Row("/readyz p50", ready.p50_ms, floor.p50_ms, fs, "ms", "-", None),
+        Row("/readyz p99", ready.p99_ms, floor.p99_ms, fs, "ms", "<= 5 ms", ready.p99_ms <= 5),
+        Row("/healthz p50", health.p50_ms, floor.p50_ms, fs, "ms", "-", None),
+        Row("/healthz p99", health.p99_ms, floor.p99_ms, fs, "ms", "-", None),
+        Row("/healthz req/s, 16 conns", rps, rps_ref, fs, "req/s", ">= 3000", rps >= 3000),
+        Row(
+            "daemon RSS, idle",
+            s.rss_mb,
+            s.ref_rss_mb,
+            "bare python",
+            "MiB",
+            "<= 60 MB",
+            s.rss_mb <= 60,
+        ),
+    ]
+
+
+def num(value: float, sign: str = "") -> str:
+    return f"{value:{sign}.0f}" if abs(value) >= 100 else f"{value:{sign}.2f}"
+
+
+def table_cells(r: Row) -> tuple[str, ...]:
+    verdict = "info" if r.passed is None else ("PASS" if r.passed else "MISS")
+    return (
+        r.metric,
+        f"{num(r.ours)} {r.unit}",
+        f"{num(r.ref)} ({r.ref_name})",
+        num(r.ours - r.ref, "+"),
+        f"{r.ours / r.ref:.2f}x" if r.ref else "-",
+        r.target,
+        verdict,
+    )
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    header = ("metric", "ours", "reference", "ours-ref", "ratio", "target", "result")
+    table = [header, *(table_cells(r) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for n, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def print_timeline(title: str, runs: Sequence[dict[str, float]], names: Sequence[str]) -> None:
+    parts = []
+    for name in names:
+        values = [run[name] for run in runs if name in run]
+        if values:
+            parts.append(f"{name} {statistics.median(values):.0f}")
+    print(f"  {title} (median ms): " + "; ".join(parts))
+
+
+def print_details(rounds: Rounds, s: Serving) -> None:
+    print("\nDetails")
+    for label, samples in (
+        ("start-to-ready, ours", rounds.ours_start),
+        ("pg_ctl start -w", rounds.ref_start),
+        ("SIGTERM-to-exit, ours", rounds.ours_stop),
+        ("pg_ctl stop -m fast -w", rounds.ref_stop),
+    ):
+        print(f"  {label:<24} ms: " + " ".join(ms(x) for x in samples))
+    print_timeline("daemon log after launch", rounds.start_timeline, START_EVENTS)
+    print_timeline("daemon log after SIGTERM", rounds.stop_timeline, STOP_EVENTS)
+    for path, lat in s.lat.items():
+        print(f"  {path:<9} p50 {lat.p50_ms:.3f}  p99 {lat.p99_ms:.3f}  max {lat.max_ms:.3f} ms")
+    for path, result in s.loads.items():
+        print(f"  {path:<9} {result.rps:.0f} req/s, {result.errors} errors ({result.tool})")
+    print(f"  daemon RSS after the load: {s.rss_after_load_mb:.1f} MiB")
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def run(cfg: Config, lay: Layout, procs: Processes) -> list[Row]:
+    print("Preparing PGDATA (the daemon runs initdb once) ...", flush=True)
+    prepare_pgdata(lay, procs)
+    print(f"Start/stop rounds ({cfg.rounds}): daemon vs pg_ctl on the same PGDATA", flush=True)
+    rounds = Rounds()
+    for i in range(cfg.rounds):
+        one_round(lay, procs, cfg, i, rounds)
+    print("Serving: idle RSS, sequential latency, throughput ...", flush=True)
+    serving = measure_serving(lay, procs, cfg)
+    print_details(rounds, serving)
+    return lifecycle_rows(rounds) + serving_rows(serving)
+
+
+def on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds, shorter runs")
+    parser.add_argument("--no-wrk", action="store_true", help="use the asyncio load generator")
+    return parser.parse_args(argv)
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        raise BenchError("run as root: the daemon drops to postgres, pg_ctl runs via runuser")
+    for needed in (DAEMON, PG_BIN / "pg_ctl"):
+        if not os.access(needed, os.X_OK):
+            raise BenchError(f"{needed} not found")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = make_config(parse_args(argv))
+    signal.signal(signal.SIGTERM, on_sigterm)
+    procs = Processes()
+    lay: Layout | None = None
+    try:
+        preflight()
+        lay = make_layout()
+        print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, dir {lay.root}")
+        if not cfg.use_wrk:
+            print("wrk not used: the asyncio load generator measures throughput instead")
+        rows = run(cfg, lay, procs)
+    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+        print(f"foundation: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        procs.stop_all()
+        if lay is not None:
+            kill_postmaster(lay.pgdata)
+            shutil.rmtree(lay.root, ignore_errors=True)
+    print("\nResults")
+    print_table(rows)
+    return 0 if all(r.passed is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

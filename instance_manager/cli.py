@@ -87,7 +87,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     from instance_manager.supervisor import Supervisor
 
-    return asyncio.run(Supervisor(current, load, signals).run())
+    return asyncio.run(Supervisor(current, load, signals, args.config).run())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
-from instance_manager import log
+from instance_manager import config_watch, log
 from instance_manager.errors import EXIT_FAILURE, EXIT_OK, InstanceManagerError
 from instance_manager.postgres.lifecycle import Lifecycle
 from instance_manager.postgres.logpipe import LogPipes
@@ -28,9 +29,14 @@ _logger = log.get()
 
 class Supervisor:
     def __init__(
-        self, settings: Settings, reload_settings: Callable[[], Settings], signals: Signals
+        self,
+        settings: Settings,
+        reload_settings: Callable[[], Settings],
+        signals: Signals,
+        config_file: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.config_file = config_file
         self.state = InstanceState()
         self.signals = signals
         self.pipes = LogPipes(settings.log_dir)
@@ -52,6 +58,9 @@ class Supervisor:
                 await self._first(self.lifecycle.spawned.wait(), life)
                 if not life.done():
                     background.append(tg.create_task(self._guard("status server", self._web())))
+                if self.config_file is not None and not life.done():
+                    watcher = config_watch.watch(self.config_file, self.lifecycle.request_reload)
+                    background.append(tg.create_task(self._guard("settings watch", watcher)))
                 await life
                 for task in background:
                     task.cancel()

@@ -32,12 +32,13 @@ def query(inst: Instance, sql: str, dbname: str = "postgres") -> list[tuple[obje
         return cur.fetchall() if cur.description else []
 
 
-def test_fresh_bootstrap_creates_roles_database_and_config(
-    tmp_root: Path, daemons: Start
-) -> None:
+def test_fresh_bootstrap_creates_roles_database_and_config(tmp_root: Path, daemons: Start) -> None:
     inst = Instance(tmp_root)
-    inst.write_config(base_spec(bootstrap={"initdb": {"database": "shop", "owner": "clerk",
-                                                      "dataChecksums": True}}))
+    inst.write_config(
+        base_spec(
+            bootstrap={"initdb": {"database": "shop", "owner": "clerk", "dataChecksums": True}}
+        )
+    )
     daemon = daemons(inst)
     daemon.wait_ready(120)
     daemon.wait_log("bootstrap complete")
@@ -132,9 +133,7 @@ def test_postmaster_kill_restart_policy_restarts_and_probes_flip(
 
 
 @pytest.mark.slow
-def test_smart_stop_held_by_a_client_falls_back_to_fast(
-    instance: Instance, daemons: Start
-) -> None:
+def test_smart_stop_held_by_a_client_falls_back_to_fast(instance: Instance, daemons: Start) -> None:
     instance.write_config(base_spec(smartShutdownTimeout=2, stopDelay=30))
     daemon = daemons(instance)
     daemon.wait_ready()

@@ -72,8 +72,23 @@ def test_managed_parameter_is_ignored_with_a_warning(instance: Instance, daemons
     instance.write_config(with_params(port="1", restart_after_crash="on"))
     daemon = daemons(instance)
     daemon.wait_ready()
-    ignored = {line["parameter"] for line in daemon.find("ignoring a parameter the instance manager owns")}
+    ignored = {
+        line["parameter"] for line in daemon.find("ignoring a parameter the instance manager owns")
+    }
     assert ignored == {"port", "restart_after_crash"}
     assert show(instance, "port") == str(instance.pg_port)
     assert show(instance, "restart_after_crash") == "off"
+    assert daemon.stop() == 0
+
+
+def test_editing_the_settings_file_reloads_without_a_signal(
+    instance: Instance, daemons: Start
+) -> None:
+    daemon = daemons(instance)
+    daemon.wait_ready()
+    daemon.wait_log("configuration applied")
+    instance.write_config(with_params(work_mem="9MB"))
+    daemon.wait_log("settings file changed")
+    daemon.wait_log("configuration applied", count=2)
+    assert show(instance, "work_mem") == "9MB"
     assert daemon.stop() == 0

@@ -1,0 +1,35 @@
+"""Reload when the settings file changes, as if SIGHUP had been sent.
+
+The directory is watched, not the file: a Kubernetes ConfigMap volume replaces files by
+swapping a symlink, which a watch on the old file would miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from instance_manager import log
+
+_logger = log.get()
+
+
+async def watch(path: Path, on_change: Callable[[], None]) -> None:
+    from watchfiles import awatch
+
+    target = path.resolve()
+    folder = path.absolute().parent
+    last = _fingerprint(path)
+    async for _ in awatch(folder, debounce=200, recursive=False):
+        now = _fingerprint(path)
+        if now != last:
+            last = now
+            log.event(_logger, "settings file changed", path=str(target))
+            on_change()
+
+
+def _fingerprint(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
