@@ -6,6 +6,7 @@ swapping a symlink, which a watch on the old file would miss.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,15 +18,18 @@ _logger = log.get()
 async def watch(path: Path, on_change: Callable[[], None]) -> None:
     from watchfiles import awatch
 
-    target = path.resolve()
-    folder = path.absolute().parent
-    last = _fingerprint(path)
+    folder = _folder(path)
+    last = await asyncio.to_thread(_fingerprint, path)
     async for _ in awatch(folder, debounce=200, recursive=False):
-        now = _fingerprint(path)
+        now = await asyncio.to_thread(_fingerprint, path)
         if now != last:
             last = now
-            log.event(_logger, "settings file changed", path=str(target))
+            log.event(_logger, "settings file changed", path=str(path))
             on_change()
+
+
+def _folder(path: Path) -> Path:
+    return path.absolute().parent
 
 
 def _fingerprint(path: Path) -> bytes | None:
