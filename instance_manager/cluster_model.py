@@ -9,9 +9,11 @@ and ignored so that a real Cluster manifest loads unchanged.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import msgspec
+from msgspec import Meta, field
+from msgspec.structs import force_setattr
 
 # Default timings, seconds, as CloudNativePG defines them (api/v1 cluster types).
 DEFAULT_SMART_SHUTDOWN_TIMEOUT = 180  # smart stop gets this long before a fast stop
@@ -50,135 +52,142 @@ def parse_quantity(value: str | int) -> int:
     return int(float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)])
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Base of every settings struct: unknown fields are errors, values are immutable."""
 
 
-class Metadata(Strict):
-    name: str = Field(default="cluster-example", min_length=1, max_length=63)
+NonNegative = Annotated[int, Meta(ge=0)]
+Positive = Annotated[int, Meta(ge=1)]
+Name = Annotated[str, Meta(min_length=1, max_length=63)]
+
+
+class Metadata(Strict, frozen=True):
+    name: Name = "cluster-example"
     namespace: str = "default"
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
     uid: str | None = None
     resourceVersion: str | None = None
     generation: int | None = None
     creationTimestamp: str | None = None
 
 
-class InitDB(Strict):
-    database: str = Field(default="app", min_length=1, max_length=63)
-    owner: str = Field(default="", max_length=63)  # empty: same as database
+class InitDB(Strict, frozen=True):
+    database: Name = "app"
+    owner: Annotated[str, Meta(max_length=63)] = ""  # empty: same as database
     encoding: str = "UTF8"
     locale: str | None = None
     localeCollate: str = "C"
     localeCType: str = "C"
     dataChecksums: bool = False
-    walSegmentSize: int | None = Field(default=None, ge=1, le=1024)
-    options: list[str] = Field(default_factory=list)
-    postInitSQL: list[str] = Field(default_factory=list)
-    postInitApplicationSQL: list[str] = Field(default_factory=list)
+    walSegmentSize: Annotated[int, Meta(ge=1, le=1024)] | None = None
+    options: list[str] = field(default_factory=list)
+    postInitSQL: list[str] = field(default_factory=list)
+    postInitApplicationSQL: list[str] = field(default_factory=list)
     secret: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        size = self.walSegmentSize
+        if size is not None and size & (size - 1):
+            raise ValueError("walSegmentSize: must be a power of two (MB)")
 
     @property
     def owner_name(self) -> str:
         return self.owner or self.database
 
-    @field_validator("walSegmentSize")
-    @classmethod
-    def _power_of_two(cls, value: int | None) -> int | None:
-        if value is not None and value & (value - 1):
-            raise ValueError("must be a power of two (MB)")
-        return value
 
-
-class Bootstrap(Strict):
-    initdb: InitDB = Field(default_factory=InitDB)
+class Bootstrap(Strict, frozen=True):
+    initdb: InitDB = field(default_factory=InitDB)
     recovery: dict[str, Any] | None = None
     pg_basebackup: dict[str, Any] | None = None
 
 
-class PostgresConfiguration(Strict):
-    parameters: dict[str, str] = Field(default_factory=dict)
-    pg_hba: list[str] = Field(default_factory=list)
-    pg_ident: list[str] = Field(default_factory=list)
-    shared_preload_libraries: list[str] = Field(default_factory=list)
+ParameterValue = str | bool | int | float
+
+
+class PostgresConfiguration(Strict, frozen=True):
+    parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    pg_hba: list[str] = field(default_factory=list)
+    pg_ident: list[str] = field(default_factory=list)
+    shared_preload_libraries: list[str] = field(default_factory=list)
     enableAlterSystem: bool = False
 
-    @field_validator("parameters", mode="before")
-    @classmethod
-    def _stringify(cls, value: Any) -> Any:
+    def __post_init__(self) -> None:
         # YAML turns `max_connections: 100` into an int; PostgreSQL wants text.
-        if isinstance(value, dict):
-            return {
-                str(k): (("on" if v else "off") if isinstance(v, bool) else str(v))
-                for k, v in value.items()
-            }
-        return value
+        text = {
+            k: (("on" if v else "off") if isinstance(v, bool) else str(v))
+            for k, v in self.parameters.items()
+        }
+        force_setattr(self, "parameters", text)
+
+    @property
+    def text_parameters(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.parameters.items()}
 
 
-class ProbeBase(Strict):
-    initialDelaySeconds: int = Field(default=0, ge=0)
-    timeoutSeconds: int = Field(default=5, ge=1)
-    periodSeconds: int = Field(default=10, ge=1)
-    successThreshold: int = Field(default=1, ge=1)
-    failureThreshold: int = Field(default=3, ge=1)
-    terminationGracePeriodSeconds: int | None = Field(default=None, ge=0)
+class ProbeBase(Strict, frozen=True):
+    initialDelaySeconds: NonNegative = 0
+    timeoutSeconds: Positive = 5
+    periodSeconds: Positive = 10
+    successThreshold: Positive = 1
+    failureThreshold: Positive = 3
+    terminationGracePeriodSeconds: NonNegative | None = None
 
 
-class ProbeWithStrategy(ProbeBase):
+class ProbeWithStrategy(ProbeBase, frozen=True):
     type: Literal["pg_isready", "query", "streaming"] = "pg_isready"
     maximumLag: str | int | None = None
 
-    @field_validator("maximumLag")
-    @classmethod
-    def _lag(cls, value: str | int | None) -> str | int | None:
-        if value is not None:
-            parse_quantity(value)
-        return value
+    def __post_init__(self) -> None:
+        if self.maximumLag is not None:
+            try:
+                parse_quantity(self.maximumLag)
+            except ValueError as exc:
+                raise ValueError(f"maximumLag: {exc}") from None
 
     @property
     def maximum_lag_bytes(self) -> int | None:
         return None if self.maximumLag is None else parse_quantity(self.maximumLag)
 
 
-class IsolationCheck(Strict):
+class IsolationCheck(Strict, frozen=True):
     enabled: bool = True
-    requestTimeout: int = Field(default=1000, ge=1)  # milliseconds
-    connectionTimeout: int = Field(default=1000, ge=1)  # milliseconds
+    requestTimeout: Positive = 1000  # milliseconds
+    connectionTimeout: Positive = 1000  # milliseconds
 
 
-class LivenessProbe(ProbeBase):
-    isolationCheck: IsolationCheck = Field(default_factory=IsolationCheck)
+class LivenessProbe(ProbeBase, frozen=True):
+    isolationCheck: IsolationCheck = field(default_factory=IsolationCheck)
 
 
-class Probes(Strict):
-    startup: ProbeWithStrategy = Field(default_factory=ProbeWithStrategy)
-    readiness: ProbeWithStrategy = Field(default_factory=ProbeWithStrategy)
-    liveness: LivenessProbe = Field(default_factory=LivenessProbe)
+class Probes(Strict, frozen=True):
+    startup: ProbeWithStrategy = field(default_factory=ProbeWithStrategy)
+    readiness: ProbeWithStrategy = field(default_factory=ProbeWithStrategy)
+    liveness: LivenessProbe = field(default_factory=LivenessProbe)
 
 
-class PluginConfiguration(Strict):
-    name: str = Field(min_length=1)
+class PluginConfiguration(Strict, frozen=True):
+    name: Annotated[str, Meta(min_length=1)]
     enabled: bool = True
     isWALArchiver: bool = False
-    parameters: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
-class WalSettings(Strict):
-    maxParallel: int = Field(default=1, ge=1, le=64)
+class WalSettings(Strict, frozen=True):
+    maxParallel: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
-class Spec(Strict):
-    instances: int = Field(default=1, ge=1)
-    postgresql: PostgresConfiguration = Field(default_factory=PostgresConfiguration)
-    bootstrap: Bootstrap = Field(default_factory=Bootstrap)
-    probes: Probes = Field(default_factory=Probes)
-    smartShutdownTimeout: int = Field(default=DEFAULT_SMART_SHUTDOWN_TIMEOUT, ge=0)
-    stopDelay: int = Field(default=DEFAULT_STOP_DELAY, ge=0)
-    switchoverDelay: int = Field(default=DEFAULT_SWITCHOVER_DELAY, ge=0)
-    startDelay: int = Field(default=DEFAULT_START_DELAY, ge=1)
-    livenessProbeTimeout: int | None = Field(default=None, ge=0)
-    plugins: list[PluginConfiguration] = Field(default_factory=list)
+class Spec(Strict, frozen=True):
+    instances: Positive = 1
+    postgresql: PostgresConfiguration = field(default_factory=PostgresConfiguration)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    probes: Probes = field(default_factory=Probes)
+    smartShutdownTimeout: NonNegative = DEFAULT_SMART_SHUTDOWN_TIMEOUT
+    stopDelay: NonNegative = DEFAULT_STOP_DELAY
+    switchoverDelay: NonNegative = DEFAULT_SWITCHOVER_DELAY
+    startDelay: Positive = DEFAULT_START_DELAY
+    livenessProbeTimeout: NonNegative | None = None
+    plugins: list[PluginConfiguration] = field(default_factory=list)
     wal: WalSettings | None = None
     # Operator-side fields: accepted so a real manifest loads, not used by the instance.
     description: str | None = None
@@ -213,25 +222,23 @@ class Spec(Strict):
         return self.wal.maxParallel if self.wal else 1
 
 
-class Status(BaseModel):
-    """Written by the operator; we read a few fields and keep the rest as given."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    currentPrimary: str = ""
-    targetPrimary: str = ""
-    timelineID: int = 0
-    operatorCertificateFingerprint: str = ""
-    instancesReportedState: dict[str, Any] = Field(default_factory=dict)
-
-
-class Cluster(Strict):
+class Cluster(Strict, frozen=True):
     apiVersion: Literal["postgresql.cnpg.io/v1"] = "postgresql.cnpg.io/v1"
     kind: Literal["Cluster"] = "Cluster"
-    metadata: Metadata = Field(default_factory=Metadata)
-    spec: Spec = Field(default_factory=Spec)
-    status: Status = Field(default_factory=Status)
+    metadata: Metadata = field(default_factory=Metadata)
+    spec: Spec = field(default_factory=Spec)
+    # Written by the operator: kept as given (currentPrimary, instancesReportedState...).
+    status: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The resource as the operator would serialise it."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The resource as the operator would serialise it (no null fields)."""
+        document: dict[str, Any] = _drop_none(msgspec.to_builtins(self))
+        return document
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import yaml
-from pydantic import Field, ValidationError
+from msgspec import Meta, field
 
 from instance_manager.cluster_model import Cluster, Strict
 from instance_manager.errors import SettingsError
@@ -32,23 +34,26 @@ ENV_OPTIONS = {
 ENV_METADATA = {"CLUSTER_NAME": "name", "NAMESPACE": "namespace"}
 
 
-class InstanceOptions(Strict):
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+class InstanceOptions(Strict, frozen=True):
     """Options of this pod's manager (not part of the Cluster resource)."""
 
-    podName: str = Field(default_factory=socket.gethostname, min_length=1)
     pgData: Path
+    podName: Annotated[str, Meta(min_length=1)] = field(default_factory=socket.gethostname)
     pgBin: Path | None = None
-    port: int = Field(default=5432, ge=1, le=65535)
+    port: Annotated[int, Meta(ge=1, le=65535)] = 5432
     listenAddresses: str = "*"
     statusHost: str = ""  # "" = every address, as in a pod
-    statusPort: int = Field(default=8000, ge=0, le=65535)
-    metricsPort: int = Field(default=9187, ge=0, le=65535)
-    localPort: int = Field(default=8010, ge=0, le=65535)
+    statusPort: Port = 8000
+    metricsPort: Port = 9187
+    localPort: Port = 8010
     scratchDir: Path = Path("/controller")
     pluginSocketDir: Path = Path("/plugins")
     onPostmasterExit: Literal["exit", "restart"] | None = None
     user: str | None = None  # when started as root: the account to run as
-    restartBackoffMax: float = Field(default=30.0, gt=0)
+    restartBackoffMax: Annotated[float, Meta(gt=0)] = 30.0
 
 
 @dataclass(frozen=True)
@@ -122,15 +127,39 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(exc: ValidationError, prefix: str) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        msg = error["msg"]
-        if error["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{prefix}{where}: {msg}")
-    return "invalid settings: " + "; ".join(parts)
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`$")
+_NAMED = re.compile(r"^([A-Za-z_]\w*): (.+)$", re.DOTALL)
+
+
+def _decode_hook(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str) and value:
+        return Path(value)
+    raise ValueError(f"expected a path, got {value!r}")
+
+
+def _convert(data: Any, kind: type[Strict], prefix: str) -> Any:
+    """Validate with msgspec; its ``$.spec.x`` locations become ``spec.x`` in our message."""
+    try:
+        return msgspec.convert(data, kind, strict=False, dec_hook=_decode_hook)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        what, sep, where = text.rpartition(" - at `$")
+        if not sep:
+            what, where = text, ""
+        field_path = (prefix + where.rstrip("`").lstrip(".")).rstrip(".")
+        unknown = _UNKNOWN.match(what)
+        named = _NAMED.match(what)  # our own checks say "field: problem"
+        if unknown:
+            field_path = f"{field_path}.{unknown.group(1)}".lstrip(".")
+            what = "unknown field"
+        elif named:
+            field_path = f"{field_path}.{named.group(1)}".lstrip(".")
+            what = named.group(2)
+        return _fail(f"{field_path or '(top level)'}: {what}")
+
+
+def _fail(message: str) -> Any:
+    raise SettingsError(f"invalid settings: {message}")
 
 
 def load(
@@ -162,18 +191,11 @@ def load(
         document["metadata"] = metadata
     if "pgData" not in options:
         raise SettingsError("invalid settings: instance.pgData: required (--pg-data or PGDATA)")
-    try:
-        cluster = Cluster.model_validate(document)
-    except ValidationError as exc:
-        raise SettingsError(_describe(exc, "")) from exc
-    try:
-        instance = InstanceOptions.model_validate(options)
-    except ValidationError as exc:
-        raise SettingsError(_describe(exc, "instance.")) from exc
-    if not instance.pgData.is_absolute():
-        instance = instance.model_copy(update={"pgData": instance.pgData.absolute()})
-    if not instance.scratchDir.is_absolute():
-        instance = instance.model_copy(update={"scratchDir": instance.scratchDir.absolute()})
+    cluster: Cluster = _convert(document, Cluster, "")
+    for key in ("pgData", "scratchDir", "pluginSocketDir"):
+        if isinstance(options.get(key), str | Path):
+            options[key] = str(Path(options[key]).absolute())
+    instance: InstanceOptions = _convert(options, InstanceOptions, "instance.")
     socket_path = instance.scratchDir / "run" / f".s.PGSQL.{instance.port}"
     if len(str(socket_path)) >= 100:
         raise SettingsError(

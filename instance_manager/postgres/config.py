@@ -167,7 +167,7 @@ def render_custom_conf(settings: Settings) -> RenderedConfig:
     """defaults -> user parameters (managed ones dropped) -> mandatory, then the hash."""
     params = dict(DEFAULT_PARAMETERS)
     ignored = []
-    for name, value in settings.cluster.spec.postgresql.parameters.items():
+    for name, value in settings.cluster.spec.postgresql.text_parameters.items():
         key = name.lower()
         if key in MANAGED_PARAMETERS or key.startswith("cnpg."):
             ignored.append(name)

@@ -70,7 +70,7 @@ class Liveness:
         ca = s.instance.scratchDir / "certificates" / "server-ca.crt"
         context = ssl.create_default_context(cafile=str(ca)) if ca.is_file() else None
         scheme = "https" if context else "http"
-        peers = s.cluster.status.instancesReportedState
+        peers = s.cluster.status.get("instancesReportedState") or {}
         async with aiohttp.ClientSession(timeout=timeout) as client:
             for pod, report in sorted(peers.items()):
                 ip = report.get("ip") if isinstance(report, dict) else None
