@@ -27,8 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,28 @@ spec:
   postgresql:
     pg_hba: ["host all all 127.0.0.1/32 trust"]
 """
-# Daemon log messages whose time after launch (or after SIGTERM) is shown as a timeline.
-START_EVENTS = (
-    "postmaster started",
-    "PostgreSQL is accepting connections",
-    "status server listening",
-)
-STOP_EVENTS = (
-    "checkpoint before shutdown done",
-    "PostgreSQL stopped",
-    "instance manager stopped",
-)
+PG_READY = "database system is ready to accept connections"
+PG_DOWN = "database system is shut down"
+FIRST_ANSWER = "first answer"
+# Log messages whose time after launch (or after SIGTERM) is shown, with their labels.
+# PostgreSQL's own records are timed by their log_time (1 ms resolution), not by when
+# the daemon got round to printing them.
+START_EVENTS = {
+    "postmaster start up": "pg_controldata done",
+    "postmaster started": "postgres spawned",
+    PG_READY: "postgres ready (its log_time)",
+    "PostgreSQL is accepting connections": "daemon sees it ready",
+    "status server listening": "status server listening",
+    FIRST_ANSWER: "first /readyz answer (any status; our poll)",
+    "configuration applied": "post-start work done (configuration applied)",
+}
+STOP_EVENTS = {
+    "checkpoint before shutdown done": "checkpoint done",
+    PG_DOWN: "postgres shut down (its log_time)",
+    "PostgreSQL stopped": "daemon sees it stopped",
+    "instance manager stopped": "last log line",
+}
+PG_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \w+) \[\d+\] LOG:  (.*)$")
 
 
 class BenchError(Exception):
@@ -70,10 +82,14 @@ class Config:
     load_seconds: int
     connections: int
     use_wrk: bool
+    no_wrk_reason: str
 
 
 def make_config(args: argparse.Namespace) -> Config:
     quick = bool(args.quick)
+    reason = "--no-wrk given" if args.no_wrk else ""
+    if not reason and shutil.which("wrk") is None:
+        reason = "wrk not found on PATH"
     return Config(
         rounds=3 if quick else 7,
         idle=0.5 if quick else 1.0,
@@ -81,7 +97,8 @@ def make_config(args: argparse.Namespace) -> Config:
         requests=500 if quick else 2000,
         load_seconds=2 if quick else 5,
         connections=16,
-        use_wrk=not args.no_wrk and shutil.which("wrk") is not None,
+        use_wrk=not reason,
+        no_wrk_reason=reason,
     )
 
 
@@ -108,7 +125,9 @@ class Layout:
 
     @property
     def config(self) -> Path:
-        return self.root / "c.yaml"
+        # In a directory of its own, as a ConfigMap volume: the daemon watches that
+        # directory, and its log files next to the settings file would wake it up.
+        return self.root / "k" / "c.yaml"
 
 
 def free_ports(count: int) -> list[int]:
@@ -134,6 +153,7 @@ def make_layout() -> Layout:
     os.chown(root, user.pw_uid, user.pw_gid)
     pg_port, status_port = free_ports(2)
     lay = Layout(root, pg_port, status_port)
+    lay.config.parent.mkdir()
     lay.config.write_text(CLUSTER_YAML)
     return lay
 
@@ -288,7 +308,7 @@ async def _load_python(port: int, path: str, cfg: Config) -> Load:
     stop_at = started + cfg.load_seconds
     await asyncio.gather(*(_client(port, path, stop_at, counts) for _ in range(cfg.connections)))
     elapsed = time.perf_counter() - started
-    return Load(sum(counts) / elapsed, counts[1], "asyncio client (wrk not used)")
+    return Load(sum(counts) / elapsed, counts[1], "asyncio load generator, not wrk")
 
 
 def load(port: int, path: str, cfg: Config) -> Load:
@@ -317,6 +337,7 @@ class Daemon:
             self.launched = time.perf_counter()
             self.proc = procs.popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.term_wall = 0.0
+        self.first_answer = 0.0  # seconds after launch of the first HTTP answer
 
     def events(self) -> list[dict[str, Any]]:
         lines = []
@@ -332,7 +353,10 @@ class Daemon:
         """Seconds from launch until /readyz answers 200, asking every POLL_INTERVAL."""
         deadline = self.launched + timeout
         while time.perf_counter() < deadline:
-            if http_status(self.lay.status_port, "/readyz") == 200:
+            status = http_status(self.lay.status_port, "/readyz")
+            if status and not self.first_answer:
+                self.first_answer = time.perf_counter() - self.launched
+            if status == 200:
                 return time.perf_counter() - self.launched
             if self.proc.poll() is not None:
                 raise BenchError(f"daemon exited {self.proc.returncode}:\n{self.tail()}")
@@ -361,14 +385,28 @@ class Daemon:
             raise BenchError("the daemon exited but its postmaster still runs")
         return elapsed
 
-    def timeline(self, names: Sequence[str], since: float) -> dict[str, float]:
+    def timeline(self, names: Mapping[str, str], since: float) -> dict[str, float]:
         """ms after ``since`` (epoch) at which each named message was first logged."""
         found: dict[str, float] = {}
         for line in self.events():
-            msg = line.get("msg")
+            msg, ts = event_time(line)
             if msg in names and msg not in found:
-                found[str(msg)] = (float(line["ts"]) - since) * 1000
+                found[msg] = (ts - since) * 1000
         return found
+
+
+def event_time(line: dict[str, Any]) -> tuple[str, float]:
+    """A log line's message and epoch time; PostgreSQL's records by their own log_time."""
+    record = line.get("record")
+    if isinstance(record, dict) and record.get("message") in (PG_READY, PG_DOWN):
+        return str(record["message"]), pg_log_time(str(record["log_time"]))
+    return str(line.get("msg")), float(line.get("ts", 0))
+
+
+def pg_log_time(stamp: str) -> float:
+    """Epoch seconds of a PostgreSQL log_time such as '2026-01-02 03:04:05.678 UTC'."""
+    parsed = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f %Z")
+    return parsed.replace(tzinfo=UTC).timestamp()
 
 
 def prepare_pgdata(lay: Layout, procs: Processes) -> None:
@@ -411,6 +449,17 @@ def pg_ctl_stop(lay: Layout) -> float:
     return pg_ctl(lay, "stop", "-m", "fast", "-w")
 
 
+def pg_ctl_log_time(lay: Layout, message: str, since: float) -> dict[str, float]:
+    """ms after ``since`` (epoch) at which PostgreSQL logged ``message`` under pg_ctl."""
+    for line in (lay.root / "pg_ctl.log").read_text(errors="replace").splitlines():
+        match = PG_LOG_LINE.match(line)
+        if match and match.group(2) == message:
+            at = pg_log_time(match.group(1))
+            if at >= since - 0.001:  # log_time is truncated to the millisecond
+                return {message: (at - since) * 1000}
+    return {}
+
+
 # -- measurements -----------------------------------------------------------------------
 
 
@@ -422,20 +471,36 @@ class Rounds:
     ref_stop: list[float] = field(default_factory=list)
     start_timeline: list[dict[str, float]] = field(default_factory=list)
     stop_timeline: list[dict[str, float]] = field(default_factory=list)
+    ref_start_timeline: list[dict[str, float]] = field(default_factory=list)
+    ref_stop_timeline: list[dict[str, float]] = field(default_factory=list)
 
 
-def one_round(lay: Layout, procs: Processes, cfg: Config, i: int, out: Rounds) -> None:
-    """Daemon: start, idle, SIGTERM. Then pg_ctl: start, idle, stop. Same PGDATA."""
+def daemon_round(lay: Layout, procs: Processes, cfg: Config, i: int, out: Rounds) -> None:
+    """Start the daemon, let it idle, SIGTERM it."""
     daemon = Daemon(lay, procs, f"r{i}")
     out.ours_start.append(daemon.wait_ready(60))
     daemon.wait_log("configuration applied")  # post-start work is over: idle from here
     time.sleep(cfg.idle)
     out.ours_stop.append(daemon.stop_timed())
-    out.start_timeline.append(daemon.timeline(START_EVENTS, daemon.launched_wall))
+    started = daemon.timeline(START_EVENTS, daemon.launched_wall)
+    out.start_timeline.append({**started, FIRST_ANSWER: daemon.first_answer * 1000})
     out.stop_timeline.append(daemon.timeline(STOP_EVENTS, daemon.term_wall))
+
+
+def pg_ctl_round(lay: Layout, cfg: Config, out: Rounds) -> None:
+    """Start PostgreSQL with pg_ctl on the same PGDATA, let it idle, stop it."""
+    launched = time.time()
     out.ref_start.append(pg_ctl_start(lay))
+    out.ref_start_timeline.append(pg_ctl_log_time(lay, PG_READY, launched))
     time.sleep(cfg.idle)
+    stopped = time.time()
     out.ref_stop.append(pg_ctl_stop(lay))
+    out.ref_stop_timeline.append(pg_ctl_log_time(lay, PG_DOWN, stopped))
+
+
+def one_round(lay: Layout, procs: Processes, cfg: Config, i: int, out: Rounds) -> None:
+    daemon_round(lay, procs, cfg, i, out)
+    pg_ctl_round(lay, cfg, out)
     print(
         f"  round {i + 1}/{cfg.rounds}: start {ms(out.ours_start[-1])} vs "
         f"{ms(out.ref_start[-1])} ms, stop {ms(out.ours_stop[-1])} vs {ms(out.ref_stop[-1])} ms",
@@ -469,6 +534,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def daemon_rss_mb(pid: int) -> float:
     """VmRSS of the daemon plus any non-PostgreSQL process it started, in MiB."""
     total = vm_rss_kb(pid)
@@ -495,6 +566,7 @@ class Serving:
     rss_mb: float
     rss_after_load_mb: float
     ref_rss_mb: float
+    idle_cpu_pct: float
     lat: dict[str, Latency]
     loads: dict[str, Load]
 
@@ -504,14 +576,16 @@ def measure_serving(lay: Layout, procs: Processes, cfg: Config) -> Serving:
     daemon = Daemon(lay, procs, "serve")
     daemon.wait_ready(60)
     daemon.wait_log("configuration applied")
+    cpu_before = cpu_seconds(daemon.proc.pid)
     time.sleep(cfg.rss_idle)
+    idle_cpu = (cpu_seconds(daemon.proc.pid) - cpu_before) / cfg.rss_idle * 100
     rss = daemon_rss_mb(daemon.proc.pid)
     port = lay.status_port
     lat = {p: latency(port, p, cfg.requests) for p in ("/readyz", "/healthz", "/failsafe")}
     loads = {p: load(port, p, cfg) for p in ("/healthz", "/failsafe")}
     rss_after = daemon_rss_mb(daemon.proc.pid)
     daemon.stop_timed()
-    return Serving(rss, rss_after, bare_python_rss_mb(procs), lat, loads)
+    return Serving(rss, rss_after, bare_python_rss_mb(procs), idle_cpu, lat, loads)
 
 
 # -- report -----------------------------------------------------------------------------
@@ -555,20 +629,21 @@ def lifecycle_rows(rounds: Rounds) -> list[Row]:
 def serving_rows(s: Serving) -> list[Row]:
     ready, health, floor = s.lat["/readyz"], s.lat["/healthz"], s.lat["/failsafe"]
     rps, rps_ref = s.loads["/healthz"].rps, s.loads["/failsafe"].rps
+    ok_rps = rps >= 3000 and s.loads["/healthz"].errors == 0
     fs = "/failsafe"
     return [
         Row("/readyz p50", ready.p50_ms, floor.p50_ms, fs, "ms", "-", None),
         Row("/readyz p99", ready.p99_ms, floor.p99_ms, fs, "ms", "<= 5 ms", ready.p99_ms <= 5),
         Row("/healthz p50", health.p50_ms, floor.p50_ms, fs, "ms", "-", None),
         Row("/healthz p99", health.p99_ms, floor.p99_ms, fs, "ms", "-", None),
-        Row("/healthz req/s, 16 conns", rps, rps_ref, fs, "req/s", ">= 3000", rps >= 3000),
+        Row("/healthz req/s, 16 conns", rps, rps_ref, fs, "req/s", ">= 3000, 0 errors", ok_rps),
         Row(
             "daemon RSS, idle",
             s.rss_mb,
             s.ref_rss_mb,
             "bare python",
             "MiB",
-            "<= 60 MB",
+            "<= 60 MiB",
             s.rss_mb <= 60,
         ),
     ]
@@ -601,13 +676,15 @@ def print_table(rows: Sequence[Row]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def print_timeline(title: str, runs: Sequence[dict[str, float]], names: Sequence[str]) -> None:
-    parts = []
-    for name in names:
+def print_timeline(
+    title: str, runs: Sequence[dict[str, float]], names: Mapping[str, str], end: float
+) -> None:
+    print(f"  {title}, median ms:")
+    for name, label in names.items():
         values = [run[name] for run in runs if name in run]
         if values:
-            parts.append(f"{name} {statistics.median(values):.0f}")
-    print(f"  {title} (median ms): " + "; ".join(parts))
+            print(f"    {statistics.median(values):6.0f}  {label}")
+    print(f"    {end:6.0f}  end of the measured figure")
 
 
 def print_details(rounds: Rounds, s: Serving) -> None:
@@ -619,13 +696,21 @@ def print_details(rounds: Rounds, s: Serving) -> None:
         ("pg_ctl stop -m fast -w", rounds.ref_stop),
     ):
         print(f"  {label:<24} ms: " + " ".join(ms(x) for x in samples))
-    print_timeline("daemon log after launch", rounds.start_timeline, START_EVENTS)
-    print_timeline("daemon log after SIGTERM", rounds.stop_timeline, STOP_EVENTS)
+    med = statistics.median
+    start_end, stop_end = med(rounds.ours_start) * 1000, med(rounds.ours_stop) * 1000
+    print_timeline("daemon start, after launch", rounds.start_timeline, START_EVENTS, start_end)
+    print_timeline("daemon stop, after SIGTERM", rounds.stop_timeline, STOP_EVENTS, stop_end)
+    ref_start, ref_stop = med(rounds.ref_start) * 1000, med(rounds.ref_stop) * 1000
+    print_timeline("pg_ctl start, after launch", rounds.ref_start_timeline, START_EVENTS, ref_start)
+    print_timeline("pg_ctl stop, after launch", rounds.ref_stop_timeline, STOP_EVENTS, ref_stop)
     for path, lat in s.lat.items():
         print(f"  {path:<9} p50 {lat.p50_ms:.3f}  p99 {lat.p99_ms:.3f}  max {lat.max_ms:.3f} ms")
     for path, result in s.loads.items():
         print(f"  {path:<9} {result.rps:.0f} req/s, {result.errors} errors ({result.tool})")
+    mb = s.rss_mb * 1.048576
+    print(f"  daemon RSS at idle: {s.rss_mb:.1f} MiB = {mb:.1f} MB (decimal)")
     print(f"  daemon RSS after the load: {s.rss_after_load_mb:.1f} MiB")
+    print(f"  daemon CPU while idle: {s.idle_cpu_pct:.1f} % of one core")
 
 
 # -- main -------------------------------------------------------------------------------
@@ -673,7 +758,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         lay = make_layout()
         print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, dir {lay.root}")
         if not cfg.use_wrk:
-            print("wrk not used: the asyncio load generator measures throughput instead")
+            print(
+                f"NOTE: {cfg.no_wrk_reason}: throughput is measured with the asyncio load "
+                "generator instead (it shares the CPUs with the daemon)"
+            )
         rows = run(cfg, lay, procs)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(f"foundation: {exc}", file=sys.stderr)

@@ -102,11 +102,25 @@ class Bootstrap(Strict, frozen=True):
     pg_basebackup: dict[str, Any] | None = None
 
 
-ParameterValue = str | bool | int | float
+_PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+
+
+def _parameter_text(name: str, value: Any) -> str:
+    """A parameter as PostgreSQL text; refuses what could break postgresql.conf."""
+    if not _PARAMETER_NAME.match(name):
+        raise ValueError(f"parameters: {name!r} is not a valid parameter name")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"parameters: {name}: expected text, a number or a boolean, got {value!r}")
+    text = str(value)
+    if any(c in text for c in "\n\r\0"):
+        raise ValueError(f"parameters: {name}: the value must be a single line")
+    return text
 
 
 class PostgresConfiguration(Strict, frozen=True):
-    parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
     pg_hba: list[str] = field(default_factory=list)
     pg_ident: list[str] = field(default_factory=list)
     shared_preload_libraries: list[str] = field(default_factory=list)
@@ -114,11 +128,11 @@ class PostgresConfiguration(Strict, frozen=True):
 
     def __post_init__(self) -> None:
         # YAML turns `max_connections: 100` into an int; PostgreSQL wants text.
-        text = {
-            k: (("on" if v else "off") if isinstance(v, bool) else str(v))
-            for k, v in self.parameters.items()
-        }
+        text = {name: _parameter_text(name, value) for name, value in self.parameters.items()}
         force_setattr(self, "parameters", text)
+        for kind, lines in (("pg_hba", self.pg_hba), ("pg_ident", self.pg_ident)):
+            if any("\n" in line or "\r" in line for line in lines):
+                raise ValueError(f"{kind}: each rule must be a single line")
 
     @property
     def text_parameters(self) -> dict[str, str]:

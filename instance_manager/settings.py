@@ -119,7 +119,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SettingsError(f"--config: {path} is not valid YAML/JSON: {exc}") from exc
+        detail = " ".join(str(exc).split())  # one line: PyYAML's message spans several
+        raise SettingsError(f"--config: {path} is not valid YAML/JSON: {detail}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -148,11 +149,11 @@ def _convert(data: Any, kind: type[Strict], prefix: str) -> Any:
             what, where = text, ""
         field_path = (prefix + where.rstrip("`").lstrip(".")).rstrip(".")
         unknown = _UNKNOWN.match(what)
-        named = _NAMED.match(what)  # our own checks say "field: problem"
         if unknown:
             field_path = f"{field_path}.{unknown.group(1)}".lstrip(".")
             what = "unknown field"
-        elif named:
+        # Our own checks say "field: problem", or "field: key: problem".
+        while named := _NAMED.match(what):
             field_path = f"{field_path}.{named.group(1)}".lstrip(".")
             what = named.group(2)
         return _fail(f"{field_path or '(top level)'}: {what}")
@@ -193,7 +194,7 @@ def load(
         raise SettingsError("invalid settings: instance.pgData: required (--pg-data or PGDATA)")
     cluster: Cluster = _convert(document, Cluster, "")
     for key in ("pgData", "scratchDir", "pluginSocketDir"):
-        if isinstance(options.get(key), str | Path):
+        if isinstance(options.get(key), str | Path) and str(options[key]):
             options[key] = str(Path(options[key]).absolute())
     instance: InstanceOptions = _convert(options, InstanceOptions, "instance.")
     socket_path = instance.scratchDir / "run" / f".s.PGSQL.{instance.port}"
