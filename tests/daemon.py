@@ -144,7 +144,7 @@ class Instance:
 
 
 # Rules the tests need: the suite connects over TCP as root, without a password.
-TEST_HBA = ["host all all 127.0.0.1/32 trust"]
+TEST_HBA = ["host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust"]
 
 
 def base_spec(**overrides: Any) -> dict[str, Any]:
