@@ -48,6 +48,7 @@ spec:
 PG_READY = "database system is ready to accept connections"
 PG_DOWN = "database system is shut down"
 FIRST_ANSWER = "first answer"
+FIRST_ASKED = "first answered request sent"
 # Log messages whose time after launch (or after SIGTERM) is shown, with their labels.
 # PostgreSQL's own records are timed by their log_time (1 ms resolution), not by when
 # the daemon got round to printing them.
@@ -57,7 +58,8 @@ START_EVENTS = {
     PG_READY: "postgres ready (its log_time)",
     "PostgreSQL is accepting connections": "daemon sees it ready",
     "status server listening": "status server listening",
-    FIRST_ANSWER: "first /readyz answer (any status; our poll)",
+    FIRST_ASKED: "first answered /readyz request sent (our poll)",
+    FIRST_ANSWER: "first /readyz answer, any status (our poll)",
     "configuration applied": "post-start work done (configuration applied)",
 }
 STOP_EVENTS = {
@@ -338,6 +340,7 @@ class Daemon:
             self.proc = procs.popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.term_wall = 0.0
         self.first_answer = 0.0  # seconds after launch of the first HTTP answer
+        self.first_asked = 0.0  # ... and of the request that got it
 
     def events(self) -> list[dict[str, Any]]:
         lines = []
@@ -353,9 +356,10 @@ class Daemon:
         """Seconds from launch until /readyz answers 200, asking every POLL_INTERVAL."""
         deadline = self.launched + timeout
         while time.perf_counter() < deadline:
+            asked = time.perf_counter() - self.launched
             status = http_status(self.lay.status_port, "/readyz")
             if status and not self.first_answer:
-                self.first_answer = time.perf_counter() - self.launched
+                self.first_asked, self.first_answer = asked, time.perf_counter() - self.launched
             if status == 200:
                 return time.perf_counter() - self.launched
             if self.proc.poll() is not None:
@@ -483,7 +487,9 @@ def daemon_round(lay: Layout, procs: Processes, cfg: Config, i: int, out: Rounds
     time.sleep(cfg.idle)
     out.ours_stop.append(daemon.stop_timed())
     started = daemon.timeline(START_EVENTS, daemon.launched_wall)
-    out.start_timeline.append({**started, FIRST_ANSWER: daemon.first_answer * 1000})
+    started[FIRST_ASKED] = daemon.first_asked * 1000
+    started[FIRST_ANSWER] = daemon.first_answer * 1000
+    out.start_timeline.append(started)
     out.stop_timeline.append(daemon.timeline(STOP_EVENTS, daemon.term_wall))
 
 
@@ -679,12 +685,14 @@ def print_table(rows: Sequence[Row]) -> None:
 def print_timeline(
     title: str, runs: Sequence[dict[str, float]], names: Mapping[str, str], end: float
 ) -> None:
-    print(f"  {title}, median ms:")
+    points = [(end, "end of the measured figure")]
     for name, label in names.items():
         values = [run[name] for run in runs if name in run]
         if values:
-            print(f"    {statistics.median(values):6.0f}  {label}")
-    print(f"    {end:6.0f}  end of the measured figure")
+            points.append((statistics.median(values), label))
+    print(f"  {title}, median ms:")
+    for at, label in sorted(points):
+        print(f"    {at:6.0f}  {label}")
 
 
 def print_details(rounds: Rounds, s: Serving) -> None:
