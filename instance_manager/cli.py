@@ -98,12 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__version__)
         return 0
     try:
-        return run_command(args)
+        code = run_command(args)
     except InstanceManagerError as exc:
         print(f"instance-manager: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    # PostgreSQL is stopped and every component has cleaned up: skip the interpreter's
+    # finalisation (joining idle library threads, tearing down modules), which takes
+    # 50-150 ms a container's shutdown would otherwise wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

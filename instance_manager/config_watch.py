@@ -20,7 +20,8 @@ async def watch(path: Path, on_change: Callable[[], None]) -> None:
 
     folder = _folder(path)
     last = await asyncio.to_thread(_fingerprint, path)
-    async for _ in awatch(folder, debounce=200, recursive=False):
+    # step: how often the watcher thread wakes up to check for cancellation (ms).
+    async for _ in awatch(folder, debounce=200, step=1000, recursive=False):
         now = await asyncio.to_thread(_fingerprint, path)
         if now != last:
             last = now

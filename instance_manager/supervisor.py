@@ -99,6 +99,8 @@ class Supervisor:
             self.lifecycle.request_stop()
 
     async def _web(self) -> None:
+        # ~160 ms of imports (aiohttp, psycopg), done once PostgreSQL is already booting on
+        # the other core. On the loop thread: a worker thread only fights it for the GIL.
         from instance_manager.web.liveness import Liveness
         from instance_manager.web.probes import Checker
         from instance_manager.web.server import build_app, serve

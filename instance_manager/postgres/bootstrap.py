@@ -31,6 +31,11 @@ def is_initialised(pgdata: Path) -> bool:
     return (pgdata / "PG_VERSION").is_file()
 
 
+def bootstrap_pending(pgdata: Path) -> bool:
+    """initdb ran but the application database and owner are not created yet."""
+    return (pgdata / PENDING_MARKER).exists()
+
+
 def initdb_argv(settings: Settings) -> list[str]:
     init = settings.cluster.spec.bootstrap.initdb
     argv = [
@@ -99,9 +104,9 @@ async def ensure_roles(settings: Settings) -> None:
 
 async def finish_bootstrap(settings: Settings) -> bool:
     """Create the application owner and database after initdb. Returns True if it ran."""
-    marker = settings.pgdata / PENDING_MARKER
-    if not marker.exists():
+    if not bootstrap_pending(settings.pgdata):
         return False
+    marker = settings.pgdata / PENDING_MARKER
     from psycopg import sql
 
     init = settings.cluster.spec.bootstrap.initdb

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from instance_manager import log
 from instance_manager.errors import NoWALSpaceError, PostmasterExited, SettingsError
@@ -26,11 +26,19 @@ from instance_manager.postgres.postmaster import Postmaster
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
 
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
 _logger = log.get()
 # A postmaster that ran this long before dying resets the restart back-off.
 STABLE_RUN_SECONDS = 60.0
 HASH_CONFIRM_TIMEOUT = 10.0
 LAST_LINES = 20
+HASH_QUERY = "SELECT current_setting('cnpg.config_sha256', true)"
+PENDING_QUERY = (
+    "SELECT coalesce(string_agg(name, ',' ORDER BY name), '') "
+    "FROM pg_settings WHERE pending_restart"
+)
 
 
 class Lifecycle:
@@ -137,15 +145,27 @@ class Lifecycle:
             seconds=round(time.monotonic() - started, 3),
             adopted=pm.adopted,
         )
-        self.session.reopen()
-        self.state.postmaster_running = True
         self.state.is_primary = not self._is_standby()
+        if self.state.is_primary and bootstrap.bootstrap_pending(s.pgdata):
+            # Not ready before the application database exists.
+            await bootstrap.ensure_roles(s)
+            await bootstrap.finish_bootstrap(s)
+        self.session.reopen()
+        await self._warm_session()
+        self.state.postmaster_running = True
         asyncio.get_running_loop().create_task(self._after_start(pm))
         return pm
 
     def _is_standby(self) -> bool:
         d = self.settings.pgdata
         return (d / "standby.signal").exists() or (d / "recovery.conf").exists()
+
+    async def _warm_session(self) -> None:
+        """Open the probes' connection now, so the first probe is a plain query."""
+        try:
+            await self.session.fetchone("SELECT 1")
+        except Exception as exc:  # the probes will report it; start-up goes on
+            log.event(_logger, "probe session not opened", logging.WARNING, error=str(exc))
 
     async def _after_start(self, pm: Postmaster) -> None:
         """Roles, bootstrap completion, configuration confirmation: off the start path."""
@@ -218,37 +238,36 @@ class Lifecycle:
         await self._confirm_configuration()
 
     async def _confirm_configuration(self) -> None:
-        """Wait until PostgreSQL reports the hash we wrote; then read pending restarts."""
+        """Wait until PostgreSQL reports the hash we wrote; then read pending restarts.
+
+        On a connection of its own: the probes' session must not queue behind this.
+        """
         want = self.state.written_config_hash
         loaded = ""
-        try:
-            async with asyncio.timeout(HASH_CONFIRM_TIMEOUT):
-                while True:
-                    row = await self.session.fetchone(
-                        "SELECT current_setting('cnpg.config_sha256', true)"
-                    )
-                    loaded = str(row[0]) if row and row[0] is not None else ""
-                    if loaded == want:
-                        break
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            log.event(
-                _logger, "configuration not confirmed", logging.ERROR, expected=want, loaded=loaded
-            )
+        conn = await pgsql.connect(self.settings)
+        async with conn:
+            try:
+                async with asyncio.timeout(HASH_CONFIRM_TIMEOUT):
+                    # PostgreSQL has no "reload done" notification: ask until it says so.
+                    while (loaded := await _fetch_text(conn, HASH_QUERY)) != want:
+                        await asyncio.sleep(0.05)
+            except TimeoutError:
+                log.event(
+                    _logger,
+                    "configuration not confirmed",
+                    logging.ERROR,
+                    expected=want,
+                    loaded=loaded,
+                )
+            pending = tuple((await _fetch_text(conn, PENDING_QUERY)).split(","))
         self.state.loaded_config_hash = loaded
-        row = await self.session.fetchone(
-            "SELECT coalesce(array_agg(name ORDER BY name), '{}') "
-            "FROM pg_settings WHERE pending_restart"
-        )
-        names = row[0] if row else []
-        pending = tuple(str(p) for p in names) if isinstance(names, list) else ()
-        self.state.pending_restart = pending
-        if pending:
+        self.state.pending_restart = tuple(p for p in pending if p)
+        if self.state.pending_restart:
             log.event(
                 _logger,
                 "configuration applied; some parameters need a restart",
                 logging.WARNING,
-                pending_restart=list(pending),
+                pending_restart=list(self.state.pending_restart),
                 config_sha256=loaded,
             )
         else:
@@ -295,3 +314,8 @@ class Lifecycle:
         conn = await pgsql.connect(self.settings)
         async with conn:
             await conn.execute("CHECKPOINT")
+
+
+async def _fetch_text(conn: AsyncConnection[Any], query: LiteralString) -> str:
+    row = await (await conn.execute(query)).fetchone()
+    return "" if row is None or row[0] is None else str(row[0])
