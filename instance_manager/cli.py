@@ -57,10 +57,38 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def _wal_parsers(sub: Any) -> None:
+    help_socket = "the daemon's WAL socket [SCRATCH/run/instance-manager.sock]"
+    archive = sub.add_parser("wal-archive", help="archive_command: archive one WAL file (%%p)")
+    archive.add_argument("path")
+    restore = sub.add_parser("wal-restore", help="restore_command: restore one WAL file (%%f %%p)")
+    restore.add_argument("--rewind", action="store_true", help="pg_rewind is asking")
+    restore.add_argument("name")
+    restore.add_argument("path")
+    for parser in (archive, restore):
+        parser.add_argument("--scratch-dir", default=os.environ.get("SCRATCH_DIR", "/controller"))
+        parser.add_argument("--socket", help=help_socket)
+        # CNPG's flags, accepted for compatibility: the daemon knows these already.
+        parser.add_argument("--pod-name", help=argparse.SUPPRESS)
+        parser.add_argument("--pg-data", help=argparse.SUPPRESS)
+        parser.add_argument("--log-destination", help=argparse.SUPPRESS)
+
+
+def wal_command(args: argparse.Namespace) -> int:
+    from instance_manager.wal import thin
+
+    sock = args.socket or str(Path(args.scratch_dir) / "run" / "instance-manager.sock")
+    if args.command == "wal-archive":
+        return thin.main(["archive", sock, args.path])
+    rewind = ["--rewind"] if args.rewind else []
+    return thin.main(["restore", sock, *rewind, args.name, args.path])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instance-manager", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    _wal_parsers(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -97,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    if args.command in ("wal-archive", "wal-restore"):
+        return wal_command(args)
     try:
         code = run_command(args)
     except InstanceManagerError as exc:

@@ -52,3 +52,13 @@ class StartupTimeout(InstanceManagerError):
     """PostgreSQL did not accept connections within startDelay."""
 
     retryable = True
+
+
+class PluginError(InstanceManagerError):
+    """A CNPG-I plugin could not be used or answered with an error."""
+
+    retryable = True
+
+
+class WalNotFound(PluginError):
+    """No plugin has the requested WAL file (PostgreSQL then tries streaming or stops)."""

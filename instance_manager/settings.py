@@ -80,6 +80,16 @@ class Settings:
         return self.instance.scratchDir / "tmp"
 
     @property
+    def archive_spool(self) -> Path:
+        """Markers of segments archived ahead (CNPG's /controller/wal-archive-spool)."""
+        return self.instance.scratchDir / "wal-archive-spool"
+
+    @property
+    def restore_spool(self) -> Path:
+        """Prefetched WAL, beside PGDATA: same filesystem, so handing over is a rename."""
+        return self.pgdata.parent / "wal-restore-spool"
+
+    @property
     def on_postmaster_exit(self) -> Literal["exit", "restart"]:
         if self.instance.onPostmasterExit is not None:
             return self.instance.onPostmasterExit

@@ -26,3 +26,35 @@ class InstanceState:
     postmaster_starts: int = 0
     last_postmaster_exit: str = ""
     started_at: float = field(default_factory=time.time)
+    wal_segment_size: int = 16 * 1024 * 1024  # read from pg_controldata at each start
+    wal: WalState = field(default_factory=lambda: WalState())
+
+
+@dataclass
+class WalState:
+    """Archiving and restore outcomes, for the status endpoint and metrics."""
+
+    last_archived_wal: str = ""
+    last_archived_time: float | None = None
+    last_failed_wal: str = ""
+    last_failed_time: float | None = None
+    last_failed_error: str = ""
+    ready_wal_files: int = 0  # the archive backlog: .ready files in pg_wal/archive_status
+    archived_count: int = 0
+    archived_ahead: int = 0  # of which look-ahead archived before PostgreSQL asked
+    failed_count: int = 0
+    last_restored_wal: str = ""
+    restored_count: int = 0
+    restored_from_spool: int = 0
+
+    def archived(self, name: str, ahead: bool = False) -> None:
+        self.last_archived_wal = name
+        self.last_archived_time = time.time()
+        self.archived_count += 1
+        self.archived_ahead += int(ahead)
+
+    def failed(self, name: str, error: str) -> None:
+        self.last_failed_wal = name
+        self.last_failed_time = time.time()
+        self.last_failed_error = error
+        self.failed_count += 1

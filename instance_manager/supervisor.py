@@ -16,13 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from instance_manager import config_watch, log
+from instance_manager.cluster_model import Cluster
 from instance_manager.errors import EXIT_FAILURE, EXIT_OK, InstanceManagerError
+from instance_manager.postgres import config
 from instance_manager.postgres.lifecycle import Lifecycle
 from instance_manager.postgres.logpipe import LogPipes
 from instance_manager.process.reaper import Reaper
 from instance_manager.process.signals import Signals
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
+from instance_manager.wal.archiver import Archiver
+from instance_manager.wal.backend import PluginBackend
+from instance_manager.wal.restorer import Restorer
+from instance_manager.wal.server import WalServer
 
 _logger = log.get()
 
@@ -42,17 +48,43 @@ class Supervisor:
         self.pipes = LogPipes(settings.log_dir)
         self.lifecycle = Lifecycle(settings, self.state, reload_settings, self.pipes.recent)
         self.reaper = Reaper()
+        self.wal_server = self._wal_server(settings)
         self.exit_code = EXIT_OK
+
+    def _wal_server(self, settings: Settings) -> WalServer:
+        def cluster() -> Cluster:
+            return self.lifecycle.settings.cluster
+
+        def max_parallel() -> int:
+            return cluster().spec.wal_max_parallel
+
+        self.wal_backend = PluginBackend(
+            settings.instance.pluginSocketDir, cluster, settings.pgdata
+        )
+        archiver = Archiver(self.wal_backend, settings.archive_spool, max_parallel, self.state.wal)
+        restorer = Restorer(
+            self.wal_backend,
+            settings.restore_spool,
+            max_parallel,
+            lambda: self.state.wal_segment_size,
+            self.state.wal,
+        )
+        return WalServer(config.wal_socket(settings), archiver, restorer)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.signals.attach(loop, self.lifecycle.request_stop, self.lifecycle.request_reload)
         self.pipes.prepare()
+        self.wal_server.archiver.prepare()
+        self.wal_server.restorer.prepare()
         try:
             async with asyncio.TaskGroup() as tg:
                 background = [
                     tg.create_task(self._guard("reaper", self.reaper.run())),
                     tg.create_task(self._guard("log pipes", self.pipes.run())),
+                    # Serves archive_command until PostgreSQL is down: the archiver drains
+                    # the ready WAL during the shutdown.
+                    tg.create_task(self._guard("WAL server", self.wal_server.run())),
                 ]
                 life = tg.create_task(self._run_lifecycle())
                 await self._first(self.lifecycle.spawned.wait(), life)
@@ -66,6 +98,7 @@ class Supervisor:
                     task.cancel()
         finally:
             self.signals.detach(loop)
+            await self.wal_backend.close()
         log.event(_logger, "instance manager stopped", exit_code=self.exit_code)
         return self.exit_code
 

@@ -128,7 +128,9 @@ def test_mandatory_values_come_from_settings(tmp_root: Path) -> None:
     assert values["cluster_name"] == "render-test"
     assert values["unix_socket_directories"] == str(tmp_root / "c" / "run")
     assert values["log_directory"] == str(tmp_root / "c" / "log")
-    assert values["archive_command"] == "/bin/true"
+    sock = tmp_root / "c" / "run" / "instance-manager.sock"
+    assert values["archive_command"].endswith(f"thin.py archive {sock} %p")
+    assert " -I -S " in values["archive_command"]
     assert values["archive_mode"] == "on"
     assert values["logging_collector"] == "on"
     assert values["restart_after_crash"] == "off"
@@ -176,7 +178,8 @@ def test_managed_parameters_are_dropped(tmp_root: Path) -> None:
     assert sorted(rendered.ignored) == sorted(MANAGED_FROM_USER)
     values = effective(rendered.custom_conf)
     assert values["port"] == str(PORT)
-    assert values["archive_command"] == "/bin/true"
+    assert values["archive_command"] != MANAGED_FROM_USER["archive_command"]
+    assert values["archive_command"].endswith(" %p")
     assert values["listen_addresses"] == LISTEN
     assert values["logging_collector"] == "on"
     assert values["restart_after_crash"] == "off"

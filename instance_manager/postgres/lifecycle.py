@@ -184,6 +184,7 @@ class Lifecycle:
         values, raw = await controldata.read(self.settings)
         log.event(log.get("pg_controldata"), "postmaster start up", output=raw)
         segment = int(values.get(controldata.SEGMENT_SIZE_KEY, "16777216"))
+        self.state.wal_segment_size = segment
         fs = os.statvfs(self.settings.pgdata / "pg_wal")
         free = fs.f_bavail * fs.f_frsize
         if free < segment:
@@ -249,7 +250,7 @@ class Lifecycle:
             try:
                 async with asyncio.timeout(HASH_CONFIRM_TIMEOUT):
                     # PostgreSQL has no "reload done" notification: ask until it says so.
-                    while (loaded := await _fetch_text(conn, HASH_QUERY)) != want:
+                    while (loaded := await _fetch_text(conn, HASH_QUERY)) != want:  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
             except TimeoutError:
                 log.event(

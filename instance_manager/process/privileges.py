@@ -42,6 +42,7 @@ def prepare(settings: Settings) -> None:
     _make(settings.log_dir, 0o700, owner)
     _make(settings.tmp_dir, 0o1777, owner)
     pgdata = settings.pgdata
+    _make(settings.restore_spool, 0o700, owner)
     if not pgdata.exists():
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         _make(pgdata, 0o700, owner)

@@ -1,0 +1,171 @@
+"""One CNPG-I plugin: long-lived grpc.aio channels to its Unix socket, handshaken once.
+
+Handshake per channel, as CloudNativePG does: GetPluginMetadata (the name must equal the
+socket's file name), GetPluginCapabilities, then GetCapabilities of each advertised
+service. A service that is not advertised is never called. Every acquire probes the
+channel first; a failed probe drops the channel and tries again with a short back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from instance_manager.errors import PluginError
+from instance_manager.plugins._gen import (
+    backup_pb2,
+    backup_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+    metrics_pb2,
+    metrics_pb2_grpc,
+    wal_pb2,
+    wal_pb2_grpc,
+)
+
+ServiceType = identity_pb2.PluginCapability.Service.Type
+# Bound on loading a plugin (handshake); the RPCs that follow have none, like CNPG's.
+LOAD_TIMEOUT = 5.0
+POOL_SIZE = 4
+# Acquire retries: 10 ms, then x5 each time, 5 attempts (CNPG's back-off).
+RETRY_DELAYS = (0.01, 0.05, 0.25, 1.25)
+
+
+@dataclass(frozen=True)
+class Handshake:
+    name: str
+    version: str
+    services: frozenset[int]
+    wal: frozenset[int] = frozenset()
+    backup: frozenset[int] = frozenset()
+    metrics: frozenset[int] = frozenset()
+
+
+@dataclass
+class Channel:
+    """A channel and its stubs; ``handshake`` is filled by :meth:`Plugin._open`."""
+
+    channel: grpc.aio.Channel
+    identity: Any = None
+    wal: Any = None
+    backup: Any = None
+    metrics: Any = None
+    handshake: Handshake | None = None
+    broken: bool = field(default=False)
+
+
+def _rpc_types(capabilities: Any) -> frozenset[int]:
+    return frozenset(int(c.rpc.type) for c in capabilities)
+
+
+async def handshake(ch: Channel, socket_name: str) -> Handshake:
+    meta = await ch.identity.GetPluginMetadata(identity_pb2.GetPluginMetadataRequest())
+    if meta.name != socket_name:
+        raise PluginError(
+            f"plugin socket {socket_name!r} answers as {meta.name!r}: the socket's file name "
+            "must equal the plugin's metadata name; plugin not used"
+        )
+    caps = await ch.identity.GetPluginCapabilities(identity_pb2.GetPluginCapabilitiesRequest())
+    services = frozenset(int(c.service.type) for c in caps.capabilities if c.HasField("service"))
+    wal = backup = metrics = frozenset[int]()
+    if ServiceType.TYPE_WAL_SERVICE in services:
+        result = await ch.wal.GetCapabilities(wal_pb2.WALCapabilitiesRequest())
+        wal = _rpc_types(result.capabilities)
+    if ServiceType.TYPE_BACKUP_SERVICE in services:
+        result = await ch.backup.GetCapabilities(backup_pb2.BackupCapabilitiesRequest())
+        backup = _rpc_types(result.capabilities)
+    if ServiceType.TYPE_METRICS in services:
+        result = await ch.metrics.GetCapabilities(metrics_pb2.MetricsCapabilitiesRequest())
+        metrics = _rpc_types(result.capabilities)
+    return Handshake(meta.name, meta.version, services, wal, backup, metrics)
+
+
+class Plugin:
+    """A small pool of channels to one plugin socket."""
+
+    def __init__(self, name: str, socket_path: Path, pool_size: int = POOL_SIZE) -> None:
+        self.name = name
+        self.socket_path = socket_path
+        self.pool_size = pool_size
+        self._channels: list[Channel] = []
+        self._next = 0
+        self._lock = asyncio.Lock()
+        self.handshake: Handshake | None = None
+
+    async def _open(self) -> Channel:
+        channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}")
+        ch = Channel(
+            channel,
+            identity_pb2_grpc.IdentityStub(channel),
+            wal_pb2_grpc.WALStub(channel),
+            backup_pb2_grpc.BackupStub(channel),
+            metrics_pb2_grpc.MetricsStub(channel),
+        )
+        try:
+            async with asyncio.timeout(LOAD_TIMEOUT):
+                ch.handshake = await handshake(ch, self.name)
+        except BaseException:
+            await channel.close()
+            raise
+        self.handshake = ch.handshake
+        return ch
+
+    async def _pick(self) -> Channel:
+        async with self._lock:
+            self._channels = [c for c in self._channels if not c.broken]
+            if len(self._channels) < self.pool_size:
+                self._channels.append(await self._open())
+            self._next = (self._next + 1) % len(self._channels)
+            return self._channels[self._next]
+
+    async def _acquire_once(self) -> Channel:
+        ch = await self._pick()
+        try:
+            async with asyncio.timeout(LOAD_TIMEOUT):
+                await ch.identity.Probe(identity_pb2.ProbeRequest())  # ready=false is ignored
+        except (grpc.aio.AioRpcError, TimeoutError):
+            ch.broken = True
+            await ch.channel.close()
+            raise
+        return ch
+
+    @asynccontextmanager
+    async def channel(self) -> AsyncIterator[Channel]:
+        """A probed channel; retried with back-off, PluginError when the plugin is down."""
+        last: BaseException | None = None
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                ch = await self._acquire_once()
+                break
+            except PluginError:
+                raise
+            except (grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+                last = exc
+                if delay is None:
+                    raise PluginError(f"plugin {self.name} not reachable: {describe(exc)}") from exc
+                await asyncio.sleep(delay)
+        else:  # pragma: no cover - the loop always breaks or raises
+            raise PluginError(f"plugin {self.name} not reachable: {last}")
+        try:
+            yield ch
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                ch.broken = True
+            raise
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, []
+        for ch in channels:
+            await ch.channel.close()
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__
