@@ -99,7 +99,11 @@ class Plugin:
         self.handshake: Handshake | None = None
 
     async def _open(self) -> Channel:
-        channel = grpc.aio.insecure_channel(f"unix://{self.socket_path}")
+        # A subchannel pool of our own: otherwise a channel opened after the plugin restarted
+        # shares the old, failed connection and its ~1 s reconnect back-off.
+        channel = grpc.aio.insecure_channel(
+            f"unix://{self.socket_path}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         ch = Channel(
             channel,
             identity_pb2_grpc.IdentityStub(channel),

@@ -1,0 +1,1 @@
+"""CNPG-I plugin support: clients for plugin sidecars and their generated gRPC stubs."""
