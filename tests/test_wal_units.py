@@ -1,0 +1,155 @@
+"""Archiver and restorer logic against an in-process backend (no PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from instance_manager.errors import PluginError, WalNotFound
+from instance_manager.state import WalState
+from instance_manager.wal import names
+from instance_manager.wal.archiver import Archiver
+from instance_manager.wal.restorer import Restorer
+
+SEG = "000000010000000000000010"
+
+
+class Backend:
+    """Stores archived files in a dict; serves restores from another dict."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.archived: list[str] = []
+        self.fail: set[str] = set()
+        self.archive_store: dict[str, bytes] = {}
+        self.restore_calls: list[tuple[str, bool]] = []
+
+    async def archive(self, source: Path) -> None:
+        await asyncio.sleep(self.delay)
+        if source.name in self.fail:
+            raise PluginError(f"cannot store {source.name}")
+        self.archived.append(source.name)
+
+    async def restore(self, name: str, destination: Path, rewind: bool) -> None:
+        self.restore_calls.append((name, rewind))
+        await asyncio.sleep(self.delay)
+        if name not in self.archive_store:
+            raise WalNotFound(name)
+        await asyncio.to_thread(destination.write_bytes, self.archive_store[name])
+
+
+def pg_wal(root: Path, segments: list[str]) -> Path:
+    wal = root / "pg_wal"
+    (wal / "archive_status").mkdir(parents=True)
+    for name in segments:
+        (wal / name).write_bytes(name.encode())
+        (wal / "archive_status" / f"{name}.ready").touch()
+    return wal
+
+
+def archiver(tmp_path: Path, backend: Backend, parallel: int, state: WalState) -> Archiver:
+    a = Archiver(backend, tmp_path / "spool", lambda: parallel, state)
+    a.prepare()
+    return a
+
+
+async def test_look_ahead_marks_then_short_circuits(tmp_path: Path) -> None:
+    segs = [SEG, *names.following(SEG, 3)]
+    wal = pg_wal(tmp_path, segs)
+    backend, state = Backend(delay=0.01), WalState()
+    a = archiver(tmp_path, backend, 4, state)
+    await a.archive(wal / segs[0])
+    await asyncio.sleep(0.1)  # the three look-ahead uploads finish
+    assert sorted(backend.archived) == segs
+    for name in segs[1:]:
+        await a.archive(wal / name)
+    assert len(backend.archived) == 4  # nothing uploaded twice
+    assert state.archived_count == 4 and state.archived_ahead == 3
+    assert not list((tmp_path / "spool").iterdir())  # markers consumed
+    await a.close()
+
+
+async def test_markers_survive_a_restart_and_failures_leave_none(tmp_path: Path) -> None:
+    segs = [SEG, *names.following(SEG, 2)]
+    wal = pg_wal(tmp_path, segs)
+    backend = Backend()
+    backend.fail.add(segs[2])
+    first = archiver(tmp_path, backend, 3, WalState())
+    await first.archive(wal / segs[0])
+    await asyncio.sleep(0.05)
+    await first.close()
+    assert (tmp_path / "spool" / segs[1]).exists()
+    assert not (tmp_path / "spool" / segs[2]).exists()
+    # A new daemon: the marker is honoured, the failed one is archived for real.
+    backend.fail.clear()
+    again = archiver(tmp_path, backend, 1, WalState())
+    await again.archive(wal / segs[1])
+    await again.archive(wal / segs[2])
+    assert backend.archived == [segs[0], segs[1], segs[2]]
+    await again.close()
+
+
+async def test_requested_segment_failure_is_reported(tmp_path: Path) -> None:
+    wal = pg_wal(tmp_path, [SEG])
+    backend, state = Backend(), WalState()
+    backend.fail.add(SEG)
+    a = archiver(tmp_path, backend, 1, state)
+    with pytest.raises(PluginError):
+        await a.archive(wal / SEG)
+    assert state.last_failed_wal == SEG and "cannot store" in state.last_failed_error
+    assert state.ready_wal_files == 1
+    await a.close()
+
+
+def restorer(tmp_path: Path, backend: Backend, parallel: int, state: WalState) -> Restorer:
+    r = Restorer(backend, tmp_path / "rspool", lambda: parallel, lambda: 16 << 20, state)
+    r.prepare()
+    return r
+
+
+async def test_prefetch_hands_each_file_over_once(tmp_path: Path) -> None:
+    segs = [SEG, *names.following(SEG, 3)]
+    backend, state = Backend(), WalState()
+    backend.archive_store = {n: n.encode() for n in segs}
+    r = restorer(tmp_path, backend, 4, state)
+    dest = tmp_path / "RECOVERYXLOG"
+    for name in segs:
+        await r.restore(name, dest, rewind=False)
+        assert dest.read_bytes() == name.encode()
+        await asyncio.sleep(0.02)
+    assert [c[0] for c in backend.restore_calls].count(segs[1]) == 1
+    assert state.restored_from_spool == 3
+    with pytest.raises(WalNotFound):
+        await r.restore(names.following(segs[-1], 1)[0], dest, rewind=False)
+    await r.close()
+
+
+async def test_other_timelines_are_dropped_and_rewind_fetches_exactly(tmp_path: Path) -> None:
+    backend, state = Backend(), WalState()
+    next_tl1 = names.following(SEG, 1)[0]
+    tl2 = "00000002" + SEG[8:]
+    backend.archive_store = {SEG: b"a", next_tl1: b"b", tl2: b"c"}
+    r = restorer(tmp_path, backend, 2, state)
+    dest = tmp_path / "RECOVERYXLOG"
+    await r.restore(SEG, dest, rewind=False)
+    await asyncio.sleep(0.02)
+    assert (tmp_path / "rspool" / next_tl1).exists()
+    await r.restore(tl2, dest, rewind=False)
+    assert not (tmp_path / "rspool" / next_tl1).exists()
+    calls = len(backend.restore_calls)
+    await r.restore(SEG, dest, rewind=True)
+    await asyncio.sleep(0.02)
+    assert backend.restore_calls[calls:] == [(SEG, True)]  # no prefetch in rewind mode
+    await r.close()
+
+
+def test_following_crosses_a_log_boundary() -> None:
+    assert names.following("0000000100000000000000FE", 3) == [
+        "0000000100000000000000FF",
+        "000000010000000100000000",
+        "000000010000000100000001",
+    ]
+    assert names.following("000000010000000000000003", 1, 64 << 20) == ["000000010000000000000004"]
+    assert names.following("000000010000000000000003", 1, 1 << 30) == ["000000010000000100000000"]
