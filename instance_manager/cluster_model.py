@@ -191,6 +191,24 @@ class WalSettings(Strict, frozen=True):
     maxParallel: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
+class ConfigMapKeySelector(Strict, frozen=True):
+    name: str
+    key: str
+
+
+class Monitoring(Strict, frozen=True):
+    """spec.monitoring: custom queries come from ConfigMaps/Secrets (mounted as files)."""
+
+    disableDefaultQueries: bool = False
+    customQueriesConfigMap: list[ConfigMapKeySelector] = field(default_factory=list)
+    customQueriesSecret: list[ConfigMapKeySelector] = field(default_factory=list)
+    metricsQueriesTTL: str | None = None  # a Go duration such as "30s"; "0" = no cache
+    enablePodMonitor: bool | None = None
+    podMonitorMetricRelabelings: list[dict[str, Any]] | None = None
+    podMonitorRelabelings: list[dict[str, Any]] | None = None
+    tls: dict[str, Any] | None = None
+
+
 class Spec(Strict, frozen=True):
     instances: Positive = 1
     postgresql: PostgresConfiguration = field(default_factory=PostgresConfiguration)
@@ -213,7 +231,7 @@ class Spec(Strict, frozen=True):
     tablespaces: list[dict[str, Any]] | None = None
     resources: dict[str, Any] | None = None
     affinity: dict[str, Any] | None = None
-    monitoring: dict[str, Any] | None = None
+    monitoring: Monitoring = field(default_factory=Monitoring)
     backup: dict[str, Any] | None = None
     externalClusters: list[dict[str, Any]] | None = None
     managed: dict[str, Any] | None = None

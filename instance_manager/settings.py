@@ -53,6 +53,12 @@ class InstanceOptions(Strict, frozen=True):
     onPostmasterExit: Literal["exit", "restart"] | None = None
     user: str | None = None  # when started as root: the account to run as
     restartBackoffMax: Annotated[float, Meta(gt=0)] = 30.0
+    # TLS on the status (8000) and metrics (9187) ports, with the server certificate in
+    # SCRATCH/certificates (server.crt, server.key), as CNPG's --status-port-tls.
+    statusPortTLS: bool = False
+    metricsPortTLS: bool = False
+    # Custom-query YAML files (the mounted ConfigMaps/Secrets of spec.monitoring).
+    metricsQueriesFiles: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,11 @@ class Settings:
     @property
     def tmp_dir(self) -> Path:
         return self.instance.scratchDir / "tmp"
+
+    @property
+    def certificates_dir(self) -> Path:
+        """server.crt/.key, client-ca.crt, server-ca.crt (CNPG's /controller/certificates)."""
+        return self.instance.scratchDir / "certificates"
 
     @property
     def archive_spool(self) -> Path:

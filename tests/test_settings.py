@@ -167,7 +167,8 @@ def test_full_cluster_manifest_loads(tmp_root: Path, pgdata: str) -> None:
     assert plugin.parameters == {"barmanObjectName": "minio-store"}
     assert spec.storage == {"size": "10Gi", "storageClass": "standard"}
     assert spec.affinity == {"enablePodAntiAffinity": True, "topologyKey": "kubernetes.io/hostname"}
-    assert spec.monitoring == {"enablePodMonitor": True}
+    assert spec.monitoring.enablePodMonitor is True
+    assert spec.monitoring.disableDefaultQueries is False
     assert s.pgdata == Path(pgdata)
 
 
