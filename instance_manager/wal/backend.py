@@ -11,6 +11,7 @@ from instance_manager.cluster_model import Cluster
 from instance_manager.errors import WalNotFound
 
 if TYPE_CHECKING:
+    from instance_manager.plugins.registry import Registry
     from instance_manager.plugins.wal import PluginWal
 
 
@@ -52,6 +53,10 @@ class PluginBackend:
             registry = Registry(self.plugin_dir, self.cluster)
             self._wal = PluginWal(registry, self.cluster_json, self.check_empty_archive)
         return self._wal
+
+    def registry(self) -> Registry | None:
+        """The plugin registry shared with metrics and backups (None: no plugin enabled)."""
+        return self._plugins().registry if self._configured() else None
 
     def cluster_json(self) -> bytes:
         cluster = self.cluster()
