@@ -63,6 +63,7 @@ class Lifecycle:
         self.spawned = asyncio.Event()  # initdb or the first postmaster has started
         self.pm: Postmaster | None = None
         self.stopped_by: shutdown.Stage | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # keeps fire-and-forget tasks alive
 
     # -- commands (signal handlers call these; they only set events) --
     def request_stop(self) -> None:
@@ -153,7 +154,9 @@ class Lifecycle:
         self.session.reopen()
         await self._warm_session()
         self.state.postmaster_running = True
-        asyncio.get_running_loop().create_task(self._after_start(pm))
+        task = asyncio.get_running_loop().create_task(self._after_start(pm))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return pm
 
     def _is_standby(self) -> bool:
@@ -170,7 +173,9 @@ class Lifecycle:
     async def _after_start(self, pm: Postmaster) -> None:
         """Roles, bootstrap completion, configuration confirmation: off the start path."""
         try:
-            if self.state.is_primary:
+            row = await self.session.fetchone("SELECT pg_catalog.pg_is_in_recovery()")
+            in_recovery = bool(row and row[0])
+            if self.state.is_primary and not in_recovery:  # not during archive recovery
                 await bootstrap.ensure_roles(self.settings)
                 await bootstrap.finish_bootstrap(self.settings)
             if pm.adopted:

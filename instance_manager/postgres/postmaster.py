@@ -31,11 +31,12 @@ class Postmaster:
         self.adopted = proc is None
         self.started_at = time.monotonic()
         self._exited: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.tasks: list[asyncio.Task[None]] = []  # held here: the loop keeps weak references
         self._watch()
 
     def _watch(self) -> None:
         if self.proc is not None:
-            asyncio.get_running_loop().create_task(self._wait_child(self.proc))
+            self.tasks.append(asyncio.get_running_loop().create_task(self._wait_child(self.proc)))
             return
         try:
             fd = os.pidfd_open(self.pid)
@@ -120,9 +121,10 @@ async def start(settings: Settings, sink: Callable[[str], None]) -> Postmaster:
         new_session=True,  # a terminal's Ctrl-C reaches us, not PostgreSQL directly
     )
     assert proc.stdout is not None
-    asyncio.get_running_loop().create_task(_pump(proc.stdout, sink))
+    pm = Postmaster(proc.pid, proc)
+    pm.tasks.append(asyncio.get_running_loop().create_task(_pump(proc.stdout, sink)))
     log.event(_logger, "postmaster started", pid=proc.pid)
-    return Postmaster(proc.pid, proc)
+    return pm
 
 
 async def wait_ready(settings: Settings, pm: Postmaster, timeout: float) -> str:
