@@ -57,6 +57,11 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def _status_parser(sub: Any) -> None:
+    status = sub.add_parser("status", help="print this instance's /pg/status", add_help=False)
+    status.add_argument("rest", nargs=argparse.REMAINDER)
+
+
 def _wal_parsers(sub: Any) -> None:
     help_socket = "the daemon's WAL socket [SCRATCH/run/instance-manager.sock]"
     archive = sub.add_parser("wal-archive", help="archive_command: archive one WAL file (%%p)")
@@ -89,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _wal_parsers(sub)
+    _status_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -115,7 +121,18 @@ def run_command(args: argparse.Namespace) -> int:
 
     from instance_manager.supervisor import Supervisor
 
-    return asyncio.run(Supervisor(current, load, signals, args.config).run())
+    supervisor = Supervisor(current, load, signals, args.config)
+    code = asyncio.run(supervisor.run())
+    if supervisor.reexec_argv is not None:
+        # PUT /update: PostgreSQL still runs; the new build adopts it through its pidfile.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execv(supervisor.reexec_argv[0], supervisor.reexec_argv)
+        except OSError as exc:
+            print(f"instance-manager: cannot re-execute: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("wal-archive", "wal-restore"):
         return wal_command(args)
+    if args.command == "status":
+        from instance_manager.web import status_cmd
+
+        return status_cmd.main(args.rest)
     try:
         code = run_command(args)
     except InstanceManagerError as exc:

@@ -19,6 +19,10 @@ class InstanceState:
     # An outage we caused on purpose (restart, shutdown): startup probe says Skipped.
     might_be_unavailable: bool = False
     stopping: bool = False
+    pg_rewind_running: bool = False
+    # Fenced: PostgreSQL stays down on purpose (a fencing command sets it; /pg/archive/partial
+    # requires it).
+    fenced: bool = False
     is_primary: bool | None = None
     written_config_hash: str = ""
     loaded_config_hash: str = ""

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from instance_manager import config_watch, log
 from instance_manager.cluster_model import Cluster
@@ -29,6 +31,9 @@ from instance_manager.wal.archiver import Archiver
 from instance_manager.wal.backend import PluginBackend
 from instance_manager.wal.restorer import Restorer
 from instance_manager.wal.server import WalServer
+
+if TYPE_CHECKING:
+    from instance_manager.web.service import WebServices
 
 _logger = log.get()
 
@@ -50,6 +55,10 @@ class Supervisor:
         self.reaper = Reaper()
         self.wal_server = self._wal_server(settings)
         self.exit_code = EXIT_OK
+        self.web: WebServices | None = None
+        # Set by PUT /update: after a clean detach, cli.py re-executes this command line.
+        self.reexec_argv: list[str] | None = None
+        self.lifecycle.before_stop.append(self._close_web_sessions)
 
     def _wal_server(self, settings: Settings) -> WalServer:
         def cluster() -> Cluster:
@@ -90,6 +99,7 @@ class Supervisor:
                 await self._first(self.lifecycle.spawned.wait(), life)
                 if not life.done():
                     background.append(tg.create_task(self._guard("status server", self._web())))
+                    background.append(tg.create_task(self._optional("metrics", self._metrics())))
                 if self.config_file is not None and not life.done():
                     watcher = config_watch.watch(self.config_file, self.lifecycle.request_reload)
                     background.append(tg.create_task(self._guard("settings watch", watcher)))
@@ -131,15 +141,58 @@ class Supervisor:
             self.exit_code = EXIT_FAILURE
             self.lifecycle.request_stop()
 
+    async def _optional(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """A component PostgreSQL does not need: its failure is logged, nothing stops."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.event(
+                _logger, f"{name} failed; PostgreSQL keeps running", logging.ERROR, error=str(exc)
+            )
+
+    async def _metrics(self) -> None:
+        # aiohttp is already loaded by the status server; psycopg/PyYAML load on first use.
+        from instance_manager.metrics.server import MetricsServer
+
+        server = MetricsServer(
+            lambda: self.lifecycle.settings, self.state, self.wal_backend.registry
+        )
+        await server.run()
+
     async def _web(self) -> None:
         # ~160 ms of imports (aiohttp, psycopg), done once PostgreSQL is already booting on
         # the other core. On the loop thread: a worker thread only fights it for the GIL.
-        from instance_manager.web.liveness import Liveness
-        from instance_manager.web.probes import Checker
-        from instance_manager.web.server import build_app, serve
+        from instance_manager.web.service import WebServices
 
-        checker = Checker(lambda: self.lifecycle.settings, self.state, self.lifecycle.session)
-        liveness = Liveness(lambda: self.lifecycle.settings)
-        app = build_app(checker, liveness)
-        inst = self.settings.instance
-        await serve(app, inst.statusHost, inst.statusPort)
+        self.web = WebServices(
+            lambda: self.lifecycle.settings,
+            self.state,
+            self.lifecycle.session,
+            archive=self.wal_server.archiver.archive,
+            request_reexec=self.request_reexec,
+            argv=list(sys.argv),
+        )
+        await self.web.run()
+
+    async def _close_web_sessions(self) -> None:
+        if self.web is not None:
+            await self.web.close()
+
+    async def request_reexec(self, argv: list[str]) -> None:
+        """PUT /update: leave PostgreSQL running, stop everything else, re-execute ``argv``.
+
+        Checked before anything stops, so that a refusal leaves this version serving (the
+        web layer answers 500). Returns once scheduled: the lifecycle detaches from the
+        postmaster, run() returns, and cli.py executes ``argv`` in this same process.
+        """
+        if not os.access(argv[0], os.X_OK):
+            raise OSError(f"{argv[0]} is not executable")
+        if len(argv) > 1 and not os.access(argv[1], os.R_OK):
+            raise OSError(f"{argv[1]} does not exist")
+        pm = self.lifecycle.pm
+        if pm is None or not pm.running or self.lifecycle.stop_requested.is_set():
+            raise RuntimeError("PostgreSQL is not running under this instance manager")
+        self.reexec_argv = list(argv)
+        self.lifecycle.request_detach()

@@ -107,6 +107,8 @@ class Instance:
     root: Path
     pg_port: int = field(default_factory=free_port)
     status_port: int = field(default_factory=free_port)
+    local_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     spec: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -186,6 +188,10 @@ class Daemon:
             str(inst.status_port),
             "--plugin-socket-dir",
             str(inst.root / "plugins"),
+            "--local-port",
+            str(inst.local_port),
+            "--metrics-port",
+            str(inst.metrics_port),
             *extra,
         ]
         self._out = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()

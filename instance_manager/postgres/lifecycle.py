@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, LiteralString
 
 from instance_manager import log
@@ -60,6 +60,10 @@ class Lifecycle:
         self.stop_requested = asyncio.Event()
         self.escalate = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        # Online upgrade: stop supervising and leave the postmaster running.
+        self.detach_requested = asyncio.Event()
+        # Run before PostgreSQL is stopped: sessions of other components (a backup).
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
         self.spawned = asyncio.Event()  # initdb or the first postmaster has started
         self.pm: Postmaster | None = None
         self.stopped_by: shutdown.Stage | None = None
@@ -74,6 +78,9 @@ class Lifecycle:
 
     def request_reload(self) -> None:
         self.reload_requested.set()
+
+    def request_detach(self) -> None:
+        self.detach_requested.set()
 
     # -- the loop --
     async def run(self) -> None:
@@ -92,6 +99,9 @@ class Lifecycle:
                 reason = await self._supervise(pm)
                 if reason == "stop":
                     await self._shutdown(pm)
+                    return
+                if reason == "detach":
+                    await self._detach(pm)
                     return
             ran_for = time.monotonic() - pm.started_at
             self._report_exit(pm, reason)
@@ -201,13 +211,16 @@ class Lifecycle:
             exit_task = asyncio.ensure_future(pm.wait())
             stop = asyncio.ensure_future(self.stop_requested.wait())
             reload = asyncio.ensure_future(self.reload_requested.wait())
+            detach = asyncio.ensure_future(self.detach_requested.wait())
             done, pending = await asyncio.wait(
-                {exit_task, stop, reload}, return_when=asyncio.FIRST_COMPLETED
+                {exit_task, stop, reload, detach}, return_when=asyncio.FIRST_COMPLETED
             )
             for task in pending:
                 task.cancel()
             if stop in done:
                 return "stop"
+            if detach in done:
+                return "detach"
             if exit_task in done:
                 self.state.postmaster_running = False
                 return exit_task.result()
@@ -300,10 +313,22 @@ class Lifecycle:
         except TimeoutError:
             pass
 
+    async def _detach(self, pm: Postmaster) -> None:
+        """Online upgrade: close our sessions and stop watching; PostgreSQL keeps running."""
+        self.state.might_be_unavailable = True
+        for close in self.before_stop:
+            await close()
+        await self.session.close()
+        for task in pm.tasks:
+            task.cancel()
+        log.event(_logger, "detached from the running postmaster", pid=pm.pid)
+
     async def _shutdown(self, pm: Postmaster) -> None:
         """The explicit stop sequence: not ready, close our sessions, staged stop."""
         self.state.stopping = True
         self.state.might_be_unavailable = True
+        for close in self.before_stop:
+            await close()
         await self.session.close()
         spec = self.settings.cluster.spec
         stop_plan = shutdown.plan(spec.smartShutdownTimeout, spec.stopDelay)

@@ -1,7 +1,34 @@
-"""Every URL path we serve, in one place (CloudNativePG's paths)."""
+"""Every URL path and default port we serve, in one place (CloudNativePG's paths)."""
 
+# Ports (the settings may override them: instance.statusPort, instance.localPort).
+STATUS_PORT = 8000
+LOCAL_PORT = 8010
+LOCAL_HOST = "127.0.0.1"  # the local API never listens on anything else
+
+# Status server: probes (no authentication).
 STARTUP = "/startupz"
 READINESS = "/readyz"
 LIVENESS = "/healthz"
 FAILSAFE = "/failsafe"
+
+# Status server: instance status (no authentication, like CNPG: kubectl cnpg status).
 PG_STATUS = "/pg/status"
+OPENAPI = "/openapi.json"
+
+# Status server: operator endpoints (client certificate pinned in the cluster status).
+PG_CONTROLDATA = "/pg/controldata"
+PG_MODE_BACKUP = "/pg/mode/backup"
+PG_ARCHIVE_PARTIAL = "/pg/archive/partial"
+UPDATE = "/update"
+
+# Local server (loopback only).
+CACHE_PREFIX = "/cache/"
+CACHE = CACHE_PREFIX + "{key}"
+PG_BACKUP = "/pg/backup"
+WAL_ARCHIVE_CONDITION = "/cluster/status/condition/wal/archive"
+
+# Keys of the local cache (CNPG's cache keys).
+CACHE_CLUSTER = "cluster"
+CACHE_WAL_ARCHIVE = "wal-archive"
+CACHE_WAL_RESTORE = "wal-restore"
+CACHE_WAL_RESTORE_CONFIG = "wal-restore-config"

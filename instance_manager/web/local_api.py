@@ -1,0 +1,155 @@
+"""The local API (127.0.0.1 only, CNPG's port 8010): what the pod's own commands ask for.
+
+- ``GET /cache/cluster``: the Cluster resource the daemon holds (JSON);
+- ``GET /cache/wal-archive``, ``/cache/wal-restore``, ``/cache/wal-restore-config``: values
+  a reconciler caches for the WAL commands; 404 while nothing is cached (any other key: 404);
+- ``/pg/backup?name=<backup>``: start a plugin backup (200 ``OK``; 400 no name, unknown
+  method, bad body; 409 nothing configured or already running). An optional JSON body is the
+  Backup resource; without one it is built from the request (``&plugin=<name>``);
+- ``POST /cluster/status/condition/wal/archive`` ``{"error": "..."}``: records the
+  ContinuousArchiving condition (False/ContinuousArchivingFailing with the message, or
+  True/ContinuousArchivingSuccess when the error is empty); 200 ``OK``, 400 bad JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from instance_manager.settings import Settings
+from instance_manager.web import routes
+from instance_manager.web.jsonapi import (
+    RequestError,
+    decode_object,
+    plain_error,
+    read_body,
+)
+from instance_manager.web.plugin_backup import BackupRefused, PluginBackups, backup_definition
+
+CONTINUOUS_ARCHIVING = "ContinuousArchiving"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ConditionStore:
+    """Cluster status conditions set by this instance, until they are patched to Kubernetes.
+
+    As metav1.Condition: lastTransitionTime changes only when the status changes.
+    """
+
+    def __init__(self) -> None:
+        self._conditions: dict[str, dict[str, str]] = {}
+        self.updated_at = 0.0
+
+    def set(self, kind: str, status: str, reason: str, message: str) -> dict[str, str]:
+        previous = self._conditions.get(kind)
+        if previous is not None and previous["status"] == status:
+            since = previous["lastTransitionTime"]
+        else:
+            since = _now()
+        condition = {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": since,
+        }
+        self._conditions[kind] = condition
+        self.updated_at = time.time()
+        return condition
+
+    def get(self, kind: str) -> dict[str, str] | None:
+        return self._conditions.get(kind)
+
+    def all(self) -> list[dict[str, str]]:
+        return [dict(c) for _, c in sorted(self._conditions.items())]
+
+    def continuous_archiving(self, error: str) -> dict[str, str]:
+        if error:
+            return self.set(CONTINUOUS_ARCHIVING, "False", "ContinuousArchivingFailing", error)
+        return self.set(
+            CONTINUOUS_ARCHIVING,
+            "True",
+            "ContinuousArchivingSuccess",
+            "Continuous archiving is working",
+        )
+
+
+class LocalApi:
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        backups: PluginBackups,
+        conditions: ConditionStore | None = None,
+    ) -> None:
+        self._settings = settings
+        self.backups = backups
+        self.conditions = conditions or ConditionStore()
+        self.cache: dict[str, Any] = {}  # wal-archive, wal-restore, wal-restore-config
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", routes.CACHE_PREFIX + "{key:.*}", self.cached)
+        app.router.add_route("*", routes.PG_BACKUP, self.backup)
+        app.router.add_route("*", routes.WAL_ARCHIVE_CONDITION, self.wal_archive_condition)
+
+    async def cached(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if key == routes.CACHE_CLUSTER:
+            value: Any = self._settings().cluster.to_json_dict()
+        elif (
+            key
+            in (
+                routes.CACHE_WAL_ARCHIVE,
+                routes.CACHE_WAL_RESTORE,
+                routes.CACHE_WAL_RESTORE_CONFIG,
+            )
+            and key in self.cache
+        ):
+            value = self.cache[key]
+        else:
+            return web.Response(status=404)
+        return web.Response(text=json.dumps(value), content_type="application/json")
+
+    async def backup(self, request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        if not name:
+            return plain_error(400, "Missing backup name parameter")
+        try:
+            given = _json_object(await read_body(request))
+            definition = backup_definition(
+                self._settings(), name, given, request.query.get("plugin", "")
+            )
+            self.backups.start(name, definition)
+        except RequestError as exc:
+            return exc.response()
+        except BackupRefused as exc:
+            return plain_error(exc.status, str(exc))
+        return web.Response(text="OK")
+
+    async def wal_archive_condition(self, request: web.Request) -> web.Response:
+        try:
+            body = decode_object(await read_body(request), {"error": str})
+        except RequestError as exc:
+            return exc.response()
+        self.conditions.continuous_archiving(body.get("error", ""))
+        return web.Response(text="OK")
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """The optional Backup resource in a body; RequestError 400 when it is not an object."""
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise RequestError(400, "FAILED_TO_PARSE_REQUEST", "the body is not JSON") from None
+    if not isinstance(value, dict):
+        raise RequestError(400, "FAILED_TO_PARSE_REQUEST", "the body must be a Backup object")
+    return value
