@@ -11,6 +11,7 @@ only means archiving those segments again.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -46,10 +47,12 @@ class Archiver:
             await self._archive_one(source)
         except Exception as exc:
             self.state.failed(name, str(exc))
+            self.state.ready_wal_files = len(self._ready(source.parent))
             raise
-        finally:
-            self._count_backlog(source.parent)
-        self._look_ahead(source)
+        ready = self._ready(source.parent)
+        self.state.ready_wal_files = len(ready)
+        if self.max_parallel() > 1:
+            self._look_ahead(source, ready)
 
     async def _archive_one(self, source: Path) -> None:
         name = source.name
@@ -69,31 +72,20 @@ class Archiver:
             return False
         return True
 
-    def _look_ahead(self, source: Path) -> None:
+    def _look_ahead(self, source: Path, ready: list[str]) -> None:
         """Start uploads of the next .ready segments, keeping maxParallel - 1 in flight."""
         room = self.max_parallel() - 1 - len(self._ahead)
         if room <= 0:
             return
-        for name in self._next_ready(source, room):
-            task = asyncio.get_running_loop().create_task(self._archive_ahead(source.parent / name))
-            self._ahead[name] = task
+        loop = asyncio.get_running_loop()
+        for name in self._next_ready(source.name, ready, room):
+            self._ahead[name] = loop.create_task(self._archive_ahead(source.parent / name))
 
-    def _next_ready(self, source: Path, limit: int) -> list[str]:
-        status = source.parent / "archive_status"
-        try:
-            ready = sorted(
-                entry.name.removesuffix(".ready")
-                for entry in os.scandir(status)
-                if entry.name.endswith(".ready")
-            )
-        except FileNotFoundError:
-            return []
-        skip = {source.name, *self._ahead}
-        picked = [n for n in ready if n not in skip and n > source.name and not self._marked(n)]
-        return picked[:limit]
-
-    def _marked(self, name: str) -> bool:
-        return (self.spool / name).exists()
+    def _next_ready(self, current: str, ready: list[str], limit: int) -> list[str]:
+        """The first ``limit`` ready names after ``current`` not already taken care of."""
+        later = (n for n in ready if n > current and n not in self._ahead)
+        candidates = heapq.nsmallest(limit + len(self._ahead), later)
+        return [n for n in candidates if not (self.spool / n).exists()][:limit]
 
     async def _archive_ahead(self, source: Path) -> None:
         """Upload one segment early; on success leave its marker. Never raises."""
@@ -107,13 +99,14 @@ class Archiver:
         finally:
             self._ahead.pop(source.name, None)
 
-    def _count_backlog(self, pg_wal: Path) -> None:
+    @staticmethod
+    def _ready(pg_wal: Path) -> list[str]:
+        """Names with a .ready status file: one directory listing, no stat() per file."""
         try:
-            self.state.ready_wal_files = sum(
-                1 for e in os.scandir(pg_wal / "archive_status") if e.name.endswith(".ready")
-            )
+            entries = os.listdir(pg_wal / "archive_status")
         except FileNotFoundError:
-            self.state.ready_wal_files = 0
+            return []
+        return [e[: -len(".ready")] for e in entries if e.endswith(".ready")]
 
     async def close(self) -> None:
         tasks = list(self._ahead.values())

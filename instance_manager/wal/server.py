@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -24,23 +23,36 @@ class BadRequest(Exception):
 
 
 def parse(line: bytes) -> dict[str, Any]:
+    """A request line of the thin client (see thin.py for the format)."""
     try:
-        request = json.loads(line)
-    except ValueError:
-        raise BadRequest("request is not JSON") from None
-    if not isinstance(request, dict) or request.get("op") not in ("archive", "restore"):
+        fields = line.rstrip(b"\n").decode().split("\0")
+    except UnicodeDecodeError:
+        raise BadRequest("request is not UTF-8") from None
+    if fields[0] == "archive" and len(fields) == 2:
+        request: dict[str, Any] = {"op": "archive", "path": fields[1]}
+    elif fields[0] == "restore" and len(fields) == 4 and fields[3] in ("0", "1"):
+        request = {
+            "op": "restore",
+            "name": fields[1],
+            "dest": fields[2],
+            "rewind": fields[3] == "1",
+        }
+    else:
         raise BadRequest("unknown request")
-    keys = ("path",) if request["op"] == "archive" else ("name", "dest")
-    for key in keys:
-        value = request.get(key)
-        if not isinstance(value, str) or not value or "\0" in value:
-            raise BadRequest(f"missing or invalid {key!r}")
     for key in ("path", "dest"):
         if key in request and not os.path.isabs(request[key]):
             raise BadRequest(f"{key!r} must be an absolute path")
-    if request["op"] == "restore" and "/" in request["name"]:
+    name = request.get("name")
+    if name is not None and (not name or "/" in name):
         raise BadRequest("'name' must be a bare WAL file name")
     return request
+
+
+def encode(reply: dict[str, Any]) -> bytes:
+    if reply.get("ok"):
+        return b"ok\n"
+    message = str(reply.get("error", "failed")).replace("\0", " ").replace("\n", " ")
+    return f"error\0{reply.get('code', 'error')}\0{message}\n".encode()
 
 
 class WalServer:
@@ -69,7 +81,7 @@ class WalServer:
         try:
             line = await reader.readline()
             reply = await self.handle(line)
-            writer.write(json.dumps(reply).encode() + b"\n")
+            writer.write(encode(reply))
             await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass  # the client went away or sent garbage: nothing to answer
@@ -102,7 +114,4 @@ class WalServer:
 
 
 def _op(line: bytes) -> str:
-    try:
-        return str(json.loads(line).get("op"))
-    except (ValueError, AttributeError):
-        return "?"
+    return line.split(b"\0", 1)[0].decode(errors="replace")
