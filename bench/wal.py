@@ -86,7 +86,7 @@ def setup(session: Session, cfg: Config) -> Bench:
     plugins = top / "p"
     primary = session.layout(top / "a", cluster_yaml(1), plugin_dir=plugins)
     plugin = Plugin(session.procs, plugins, top / "plugin.log")
-    plugin.start(top / "store", 0)
+    plugin.start(top / "store", 0, discard=True)  # the no-op plugin of the rate targets
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, dir {top}")
     print(f"Preparing PGDATA (initdb --wal-segsize={SEGMENT_MB}, through the daemon) ...")
     prepare_pgdata(primary, session.procs)
@@ -175,7 +175,7 @@ def measure_rates(b: Bench) -> Rates:
     out.ours_mp8.append(daemon_window(b, 8, b.cfg.segments))
     print(f"  maxParallel 8: {out.ours_mp8[-1].line()}")
     print(f"Archive rate, plugin latency {SLOW_PLUGIN} s: maxParallel 1 vs 8", flush=True)
-    b.plugin.start(b.top / "store", SLOW_PLUGIN)
+    b.plugin.start(b.top / "store", SLOW_PLUGIN, discard=True)  # pure upload latency
     for max_parallel in (1, 8):
         out.slow[max_parallel] = daemon_window(b, max_parallel, b.cfg.slow_segments)
         print(f"  maxParallel {max_parallel}: {out.slow[max_parallel].line()}", flush=True)

@@ -64,10 +64,12 @@ class Plugin:
     def socket(self) -> Path:
         return self.socket_dir / PLUGIN
 
-    def start(self, storage: Path, latency: float) -> None:
+    def start(self, storage: Path, latency: float, discard: bool = False) -> None:
+        """``discard``: a no-op plugin that answers OK without storing the segment."""
         self.stop()
         argv = [sys.executable, "-m", "tests.fake_plugin", "--socket-dir", str(self.socket_dir)]
         argv += ["--storage", str(storage), "--name", PLUGIN, "--latency", str(latency)]
+        argv += ["--discard"] if discard else []
         with open(self.log, "ab") as out:
             self.proc = self.procs.popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         wait_until(self._usable, 30, "the fake plugin's socket")
@@ -301,7 +303,7 @@ def peak_rss_kb(argv: list[str], runs: int = 5) -> tuple[int, str]:
 
 def round_trip_ms(sock: Path, path: Path, runs: int) -> float:
     """Median time of one archive request straight on the daemon's socket (no new process)."""
-    request = json.dumps({"op": "archive", "path": str(path)}).encode() + b"\n"
+    request = f"archive\0{path}\n".encode()  # thin.py's protocol
     times = []
     for _ in range(runs + 5):
         started = time.perf_counter()
@@ -315,6 +317,6 @@ def round_trip_ms(sock: Path, path: Path, runs: int) -> float:
                     break
                 reply += chunk
         times.append((time.perf_counter() - started) * 1000)
-        if json.loads(reply or b"{}").get("ok") is not True:
+        if reply != b"ok\n":
             raise BenchError(f"archive of {path} through {sock} failed: {reply!r}")
     return statistics.median(times[5:])

@@ -289,6 +289,8 @@ class _WALServicer(wal_pb2_grpc.WALServicer):
         source = Path(call.source_file_name)
         if not source.is_absolute():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not absolute: {source}")
+        if plugin.discard:
+            return wal_pb2.WALArchiveResult()  # a no-op plugin, for benchmarks
         try:
             await asyncio.to_thread(store_copy, source, plugin.storage_dir)
         except MissingFileError:
@@ -365,6 +367,7 @@ class FakePlugin:
         fail_archive: str | None = None,
         fail_restore: str | None = None,
         journal: Path | str | None = None,
+        discard: bool = False,
     ) -> None:
         self.socket_dir = Path(socket_dir)
         self.storage_dir = Path(storage_dir)
@@ -377,6 +380,7 @@ class FakePlugin:
         self.fail_archive = fail_archive  # if set: Archive fails with INTERNAL and this message
         self.fail_restore = fail_restore  # same for Restore
         self.serving = True  # the grpc.health.v1 answer
+        self.discard = discard  # Archive answers OK without storing anything (benchmarks)
         self.journal = None if journal is None else Path(journal)  # JSON lines of requests
         self.archive_requests: list[ArchiveCall] = []
         self.restore_requests: list[RestoreCall] = []
@@ -468,6 +472,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-archive", default=None, metavar="MESSAGE")
     parser.add_argument("--fail-restore", default=None, metavar="MESSAGE")
     parser.add_argument("--journal", type=Path, default=None, help="append requests as JSON")
+    parser.add_argument("--discard", action="store_true", help="archive nothing (benchmarks)")
     return parser.parse_args(argv)
 
 
@@ -489,6 +494,7 @@ async def _serve(args: argparse.Namespace) -> None:
         fail_archive=args.fail_archive,
         fail_restore=args.fail_restore,
         journal=args.journal,
+        discard=args.discard,
     )
     stop = _stop_event()
     async with plugin:
