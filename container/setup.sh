@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PACKAGES=(postgresql-15 postgresql-client-15 python3-venv util-linux procps)
-[ "${1:-}" = "--dev" ] && PACKAGES+=(pgbackrest prometheus wrk hyperfine)
+[ "${1:-}" = "--dev" ] && PACKAGES+=(pgbackrest prometheus openssl wrk hyperfine)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
