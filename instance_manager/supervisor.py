@@ -10,6 +10,7 @@ stopped are the servers and the other components cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from instance_manager.web.service import WebServices
 
 _logger = log.get()
+METRICS_START_WAIT = 5.0
+METRICS_START_DELAY = 0.5
 
 
 class Supervisor:
@@ -56,6 +59,7 @@ class Supervisor:
         self.wal_server = self._wal_server(settings)
         self.exit_code = EXIT_OK
         self.web: WebServices | None = None
+        self._web_built = asyncio.Event()
         # Set by PUT /update: after a clean detach, cli.py re-executes this command line.
         self.reexec_argv: list[str] | None = None
         self.lifecycle.before_stop.append(self._close_web_sessions)
@@ -153,7 +157,14 @@ class Supervisor:
             )
 
     async def _metrics(self) -> None:
-        # aiohttp is already loaded by the status server; psycopg/PyYAML load on first use.
+        # Not on the start-up path: its ~40 ms import would hold up the first probes, so it
+        # starts a moment after the status server listens (scrapes come every 10-30 s).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(METRICS_START_WAIT):
+                await self._web_built.wait()
+                assert self.web is not None
+                await self.web.ready.wait()
+        await asyncio.sleep(METRICS_START_DELAY)
         from instance_manager.metrics.server import MetricsServer
 
         server = MetricsServer(
@@ -174,6 +185,7 @@ class Supervisor:
             request_reexec=self.request_reexec,
             argv=list(sys.argv),
         )
+        self._web_built.set()
         await self.web.run()
 
     async def _close_web_sessions(self) -> None:
