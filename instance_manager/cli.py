@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _wal_parsers(sub)
+    sub.add_parser("plugin", help="CNPG-I plugin sidecar: plugin pgbackrest --socket-dir DIR")
     _status_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
@@ -136,7 +137,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:2] == ["plugin", "pgbackrest"]:  # the sidecar parses its own flags
+        from instance_manager.pgbackrest import main as pgbackrest_main
+
+        return pgbackrest_main(raw[2:])
+    args = build_parser().parse_args(raw)
     if args.command == "version":
         from instance_manager import __version__
 

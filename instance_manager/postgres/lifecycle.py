@@ -135,6 +135,12 @@ class Lifecycle:
 
     async def _start(self) -> Postmaster:
         s = self.settings
+        if s.cluster.spec.bootstrap.recovery is not None:
+            from instance_manager.pgbackrest import bootstrap_client  # gRPC only here
+
+            if bootstrap_client.restore_needed(s):
+                self.spawned.set()
+                await bootstrap_client.restore_from_plugin(s)
         if not bootstrap.is_initialised(s.pgdata):
             self.spawned.set()
             await bootstrap.initdb(s)

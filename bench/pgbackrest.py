@@ -1,0 +1,443 @@
+"""pgBackRest through the plugin sidecar against pgBackRest used directly, in one run.
+
+    .venv/bin/python bench/pgbackrest.py [--quick]
+
+Run as root, like the other benchmarks (the daemon and the sidecar run as postgres).
+
+Archive rate: one WAL backlog is made once (``pgbench -i`` with archiving paused, 16 MB
+segments) and copied for every configuration. Each run starts PostgreSQL with archiving
+still paused (``archive_command = ''`` in postgresql.auto.conf), turns it on with a reload
+and times until no ``.ready`` file is left. Direct: ``archive_command = 'pgbackrest ...
+archive-push %p'`` under pg_ctl. Plugin: the daemon's thin client, the daemon (look-ahead
+``wal.maxParallel``), the sidecar, ``pgbackrest archive-push``. ``async``: pgBackRest's
+``archive-async`` with ``process-max=2`` on either side.
+
+Backup and restore: the plugin's Backup and RestoreJobHooks.Restore calls against the same
+pgbackrest commands typed by hand (``backup --type=full --start-fast --no-archive-check``,
+``restore --type=preserve --set=...``) on the same instance, a CHECKPOINT before each
+backup, the sides in ABBA order; medians. Exit status: 0 every target met, 1 a target missed, 2
+the benchmark failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from harness import (
+    PG_BIN,
+    BenchError,
+    Daemon,
+    Layout,
+    Row,
+    Session,
+    chown_tree,
+    prepare_pgdata,
+    run_bench,
+    stop_process,
+    wait_until,
+)
+from pgctl import as_postgres, pg_ctl_start, pg_ctl_stop
+
+from instance_manager.pgbackrest import PLUGIN_NAME
+from instance_manager.plugins._gen import backup_pb2, restore_job_pb2, restore_job_pb2_grpc
+from instance_manager.plugins.connection import Plugin
+
+STANZA = "bench"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # runuser is in sbin
+PAUSED = "archive_command = ''\n"  # in postgresql.auto.conf: .ready files pile up
+# What the plugin runs for a full backup with startFast (its annotations aside): pgBackRest's
+# archive check refuses an archive_command that does not name pgbackrest, so the plugin
+# checks the backup's WAL itself (see instance_manager/pgbackrest/backup.py).
+PLUGIN_BACKUP = ("backup", "--type=full", "--start-fast", "--no-archive-check")
+
+
+@dataclass(frozen=True)
+class Config:
+    backlog_scale: int  # pgbench -i scale of the WAL backlog
+    data_scale: int  # pgbench -i scale of the database backed up and restored
+    rounds: int  # backup and restore rounds per side
+    rate_rounds: int  # archive-rate runs per configuration (median)
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    compress: str  # gz or lz4
+    parallel: int = 0  # the daemon's wal.maxParallel; 0: direct archive_command
+    archive_async: bool = False
+
+    @property
+    def options(self) -> dict[str, str]:
+        found = {"compress-type": self.compress}
+        if self.archive_async:
+            found |= {"archive-async": "y", "process-max": "2"}
+        return found
+
+
+KINDS = (("direct", 0, False), ("direct-async", 0, True), ("plugin1", 1, False),
+         ("plugin8", 8, False), ("plugin1-async", 1, True), ("plugin8-async", 8, True))  # fmt: skip
+MODES = [Mode(f"{kind}-{c}", c, n, a) for c in ("gz", "lz4") for kind, n, a in KINDS]
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def pgbackrest_options(lay: Layout, repo: Path, options: dict[str, str]) -> dict[str, str]:
+    """Every pgBackRest option of one instance, by name."""
+    return {"stanza": STANZA, "repo1-path": str(repo), "pg1-path": str(lay.pgdata),
+            "pg1-port": str(lay.pg_port), "pg1-socket-path": str(lay.run_dir),
+            "log-level-file": "off", "log-level-console": "off",
+            "lock-path": str(lay.root / "lock"), **options}  # fmt: skip
+
+
+def pgbackrest(lay: Layout, repo: Path, options: dict[str, str], *args: str) -> tuple[float, str]:
+    """Wall time and output of one pgbackrest command run by hand as postgres."""
+    env = {"PATH": SYSTEM_PATH}
+    for name, value in pgbackrest_options(lay, repo, options).items():
+        env["PGBACKREST_" + name.upper().replace("-", "_")] = value
+    started = time.perf_counter()
+    done = subprocess.run(as_postgres("pgbackrest", *args), env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"pgbackrest {' '.join(args)}: {done.returncode} {done.stderr}")
+    return time.perf_counter() - started, done.stdout
+
+
+def direct_command(lay: Layout, repo: Path, options: dict[str, str]) -> str:
+    """archive_command running pgbackrest itself (PostgreSQL passes no PGBACKREST_*, and
+    archive-push refuses the options it has no use for on its command line)."""
+    unused = ("pg1-port", "pg1-socket-path")
+    chosen = {k: v for k, v in pgbackrest_options(lay, repo, options).items() if k not in unused}
+    return "pgbackrest " + " ".join(f"--{k}={v}" for k, v in chosen.items()) + " archive-push %p"
+
+
+def sql(lay: Layout, statement: str) -> list[tuple[Any, ...]]:
+    conninfo = f"host=127.0.0.1 port={lay.pg_port} user=postgres dbname=postgres"
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        cur = conn.execute(statement.encode())
+        return cur.fetchall() if cur.description else []
+
+
+def pgbench_init(lay: Layout, scale: int) -> None:
+    argv = [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1"]
+    argv += ["-p", str(lay.pg_port), "-U", "postgres", "postgres"]
+    subprocess.run(argv, check=True, capture_output=True, timeout=1800)
+
+
+def set_auto_conf(lay: Layout, text: str) -> None:
+    auto = lay.pgdata / "postgresql.auto.conf"
+    auto.write_text("# Do not edit this file manually!\n" + text)
+    chown_tree(auto)
+
+
+def ready_count(pgdata: Path) -> int:
+    status = pgdata / "pg_wal" / "archive_status"
+    return sum(1 for e in os.scandir(status) if e.name.endswith(".ready"))
+
+
+def failed_count(lay: Layout) -> int:
+    return int(sql(lay, "SELECT failed_count FROM pg_stat_archiver")[0][0])
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    chown_tree(path)
+    return path
+
+
+# -- instances ------------------------------------------------------------------------------
+
+
+def cluster_doc(repo: Path | None = None, mode: Mode | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster", "metadata": {"name": "bench"},
+        "spec": {"postgresql": {"pg_hba": ["host all all 127.0.0.1/32 trust"]}},
+    }  # fmt: skip
+    if repo is not None and mode is not None:
+        params = {"stanza": STANZA, "repo1-path": str(repo), **mode.options}
+        plugin = {"name": PLUGIN_NAME, "isWALArchiver": True, "parameters": params}
+        doc["spec"] |= {"plugins": [plugin], "wal": {"maxParallel": max(mode.parallel, 1)}}
+    return doc
+
+
+@dataclass
+class Instance:
+    """PostgreSQL under pg_ctl, or the daemon and its sidecar; archiving paused at start."""
+
+    lay: Layout
+    repo: Path
+    mode: Mode
+    daemon: Daemon | None = None
+    sidecar: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, session: Session, root: Path, pgdata: Path, mode: Mode) -> Instance:
+        lay = session.layout(root, json.dumps(cluster_doc()))
+        inst = cls(lay, fresh_dir(lay.root / "repo"), mode)
+        if mode.parallel:
+            lay.write_config(json.dumps(cluster_doc(inst.repo, mode)))
+        subprocess.run(["cp", "-a", str(pgdata), str(lay.pgdata)], check=True)
+        set_auto_conf(lay, PAUSED)
+        lay.run_dir.mkdir(parents=True, exist_ok=True)
+        chown_tree(lay.root)
+        if mode.parallel == 0:
+            pg_ctl_start(lay)
+        else:
+            inst.sidecar = inst._sidecar(session)
+            inst.daemon = Daemon(lay, session.procs, mode.name)
+            inst.daemon.wait_ready(120)
+        inst.run("stanza-create")
+        return inst
+
+    def _sidecar(self, session: Session) -> subprocess.Popen[bytes]:
+        lay = self.lay
+        env = {"PATH": "/usr/bin:/bin", "PGDATA": str(lay.pgdata), "HOME": "/var/lib/postgresql",
+               "PGBACKREST_PG1_PORT": str(lay.pg_port),
+               "PGBACKREST_PG1_SOCKET_PATH": str(lay.run_dir)}  # fmt: skip
+        argv = [sys.executable, "-m", "instance_manager.pgbackrest", "--socket-dir",
+                str(lay.plugins), "--work-dir", str(lay.root / "work"),
+                "--log-level", "warning"]  # fmt: skip
+        as_postgres_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        with open(lay.root / "sidecar.log", "wb") as out:
+            proc = session.procs.popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, **as_postgres_user
+            )
+        wait_until(lambda: (lay.plugins / PLUGIN_NAME).exists(), 30, "the sidecar's socket")
+        return proc
+
+    def options(self) -> dict[str, str]:
+        spool = {"spool-path": str(self.lay.root / "spool")} if self.mode.archive_async else {}
+        return self.mode.options | spool
+
+    def run(self, *args: str, **options: str) -> tuple[float, str]:
+        return pgbackrest(self.lay, self.repo, self.options() | options, *args)
+
+    def resume_archiving(self) -> None:
+        """The direct archive_command, or the daemon's own (custom.conf), from a reload."""
+        if self.mode.parallel == 0:
+            command = direct_command(self.lay, self.repo, self.options())
+            set_auto_conf(self.lay, f"archive_command = '{command}'\n")
+        else:
+            set_auto_conf(self.lay, "")
+        sql(self.lay, "SELECT pg_reload_conf()")
+
+    def wait_drained(self, failed0: int, limit: float = 900) -> None:
+        """Until no .ready file is left; BenchError if archiving keeps failing instead."""
+        deadline = checked = time.perf_counter()
+        deadline += limit
+        while ready_count(self.lay.pgdata):
+            now = time.perf_counter()
+            if now > deadline:
+                raise BenchError(f"{self.mode.name}: the backlog did not drain in {limit:g} s")
+            if now - checked > 1.0:
+                checked = now
+                if failed_count(self.lay) > failed0 + 5:
+                    raise BenchError(f"{self.mode.name}: archive_command keeps failing")
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        if self.daemon is None:
+            pg_ctl_stop(self.lay)
+        else:
+            self.daemon.stop_timed()
+        if self.sidecar is not None:
+            stop_process(self.sidecar)
+
+
+# -- archive rate ---------------------------------------------------------------------------
+
+
+def make_pgdata(session: Session, root: Path, scale: int) -> Path:
+    """A stopped PGDATA holding a pgbench database whose WAL waits to be archived."""
+    lay = session.layout(root, json.dumps(cluster_doc()))
+    prepare_pgdata(lay, session.procs)
+    set_auto_conf(lay, PAUSED)
+    pg_ctl_start(lay)
+    pgbench_init(lay, scale)
+    sql(lay, "CHECKPOINT")
+    sql(lay, "SELECT pg_switch_wal()")
+    pg_ctl_stop(lay)
+    return lay.pgdata
+
+
+def drain(session: Session, pgdata: Path, mode: Mode) -> float:
+    """Segments archived per second, from the reload that turns archiving on."""
+    inst = Instance.start(session, pgdata.parent.parent / mode.name, pgdata, mode)
+    try:
+        backlog, failed0 = ready_count(inst.lay.pgdata), failed_count(inst.lay)
+        started = time.perf_counter()
+        inst.resume_archiving()
+        inst.wait_drained(failed0)
+        seconds = time.perf_counter() - started
+    finally:
+        inst.stop()
+    shutil.rmtree(inst.lay.root, ignore_errors=True)
+    print(f"{mode.name:18} {backlog} segments in {seconds:6.2f} s = {backlog / seconds:5.1f}/s",
+          flush=True)  # fmt: skip
+    return backlog / seconds
+
+
+# -- backup and restore ---------------------------------------------------------------------
+
+
+def on_plugin(lay: Layout, body: Callable[[Any], Any]) -> float:
+    """Seconds ``body(channel)`` takes on a handshaken channel to the sidecar."""
+
+    async def main() -> float:
+        plugin = Plugin(PLUGIN_NAME, lay.plugins / PLUGIN_NAME)
+        try:
+            async with plugin.channel() as ch:
+                started = time.perf_counter()
+                await body(ch)
+                return time.perf_counter() - started
+        finally:
+            await plugin.close()
+
+    return asyncio.run(main())
+
+
+def plugin_backup(inst: Instance, name: str) -> float:
+    request = backup_pb2.BackupRequest(
+        cluster_definition=inst.lay.config.read_bytes(),
+        backup_definition=json.dumps({"metadata": {"name": name}}).encode(),
+        parameters={"type": "full", "startFast": "true"},
+    )
+    return on_plugin(inst.lay, lambda ch: ch.backup.Backup(request))
+
+
+def plugin_restore(inst: Instance, target: Path) -> float:
+    source = {"stanza": STANZA, "repo1-path": str(inst.repo), "pg1-path": str(target)}
+    doc = cluster_doc()
+    plugin = {"name": PLUGIN_NAME, "parameters": source}
+    doc["spec"] |= {"externalClusters": [{"name": "o", "plugin": plugin}],
+                    "bootstrap": {"recovery": {"source": "o"}}}  # fmt: skip
+    request = restore_job_pb2.RestoreRequest(cluster_definition=json.dumps(doc).encode())
+
+    def restore(ch: Any) -> Any:
+        return restore_job_pb2_grpc.RestoreJobHooksStub(ch.channel).Restore(request)
+
+    return on_plugin(inst.lay, restore)
+
+
+@dataclass
+class Timings:
+    backup: tuple[list[float], list[float]]  # (plugin, by hand)
+    restore: tuple[list[float], list[float]]
+
+
+Measure = Callable[[], float]
+
+
+def abba(rounds: int, plugin: Measure, by_hand: Measure) -> tuple[list[float], list[float]]:
+    """Both sides ``rounds`` times each, in ABBA order: drift in the load hits both alike."""
+    ours: list[float] = []
+    ref: list[float] = []
+    for n in range(rounds):
+        for side in (0, 1) if n % 2 == 0 else (1, 0):
+            if side == 0:
+                ours.append(plugin())
+            else:
+                ref.append(by_hand())
+    return ours, ref
+
+
+def backup_restore(session: Session, root: Path, pgdata: Path, rounds: int) -> Timings:
+    """The plugin's calls and the same pgbackrest commands by hand, on one instance."""
+    inst = Instance.start(session, root / "br", pgdata, Mode("br", "gz", parallel=1))
+    try:
+        inst.resume_archiving()
+        inst.wait_drained(failed_count(inst.lay))
+        plugin_backup(inst, "warm-up")  # the first checkpoint writes everything
+
+        def checkpointed(measure: Measure) -> Measure:
+            def timed() -> float:
+                sql(inst.lay, "CHECKPOINT")  # each backup's own checkpoint then writes as little
+                return measure()
+
+            return timed
+
+        backups = abba(
+            rounds,
+            checkpointed(lambda: plugin_backup(inst, "b")),
+            checkpointed(lambda: inst.run(*PLUGIN_BACKUP)[0]),
+        )
+        label = json.loads(inst.run("info", "--output=json")[1])[0]["backup"][-1]["label"]
+        target = root / "restored"
+
+        def restore_by_hand() -> float:
+            where = {"pg1-path": str(fresh_dir(target))}
+            return inst.run("restore", "--type=preserve", f"--set={label}", **where)[0]
+
+        restores = abba(rounds, lambda: plugin_restore(inst, fresh_dir(target)), restore_by_hand)
+    finally:
+        inst.stop()
+    return Timings(backups, restores)
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def rate_rows(rates: dict[str, float]) -> list[Row]:
+    rows = []
+    for c in ("gz", "lz4"):
+        for ours, ref, target in (("plugin1", "direct", ""), ("plugin8", "direct", ">= 2x"),
+                                  ("plugin1-async", "direct-async", ""),
+                                  ("plugin8-async", "direct", ""),
+                                  ("plugin8-async", "direct-async", "")):  # fmt: skip
+            mine, theirs = rates[f"{ours}-{c}"], rates[f"{ref}-{c}"]
+            passed = mine >= 2 * theirs if target else None
+            rows.append(Row(f"archive {c}: {ours}", mine, theirs, ref, "seg/s", target, passed))
+    return rows
+
+
+def time_rows(t: Timings) -> list[Row]:
+    rows = []
+    for what, (ours, ref) in (("backup (full)", t.backup), ("restore", t.restore)):
+        mine, hand = statistics.median(ours), statistics.median(ref)
+        passed = mine <= 1.05 * hand
+        rows.append(Row(f"{what} wall time", mine, hand, "by hand", "s", "<= 1.05x", passed))
+        print(f"{what}: plugin {[round(x, 2) for x in ours]}, by hand {[round(x, 2) for x in ref]}")
+    return rows
+
+
+def run(cfg: Config, session: Session) -> list[Row]:
+    if not shutil.which("pgbackrest"):
+        raise BenchError("pgbackrest not found (apt-get install pgbackrest)")
+    print(f"load average: {os.getloadavg()[0]:.2f}, cores: {os.cpu_count()}", flush=True)
+    root = session.make_root("pb")
+    backlog = make_pgdata(session, root / "base", cfg.backlog_scale)
+    print(f"backlog: {ready_count(backlog)} segments of 16 MB", flush=True)
+    runs: dict[str, list[float]] = {mode.name: [] for mode in MODES}
+    for n in range(cfg.rate_rounds):
+        for mode in MODES if n % 2 == 0 else MODES[::-1]:
+            runs[mode.name].append(drain(session, backlog, mode))
+    shutil.rmtree(backlog.parent, ignore_errors=True)
+    data = make_pgdata(session, root / "data", cfg.data_scale)
+    times = backup_restore(session, root, data, cfg.rounds)
+    rates = {name: statistics.median(values) for name, values in runs.items()}
+    return rate_rows(rates) + time_rows(times)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller backlog and database")
+    args = parser.parse_args(argv)
+    cfg = Config(40, 5, 2, 1) if args.quick else Config(100, 10, 6, 2)
+    return run_bench("pgbackrest", lambda session: run(cfg, session))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
