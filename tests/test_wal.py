@@ -282,7 +282,14 @@ def test_point_in_time_restore_of_every_archived_segment(
     assert primary.stop() == 0
     (restored.pgdata / "recovery.signal").touch()
     chown_tree(restored.root)
-    restored.write_config(plugin_spec(max_parallel=4))
+    # The archive is a recovery source here, as in CNPG: a plugin named only in
+    # spec.externalClusters is used for WAL restore.
+    restored.write_config(
+        base_spec(
+            externalClusters=[{"name": "origin", "plugin": {"name": PLUGIN}}],
+            wal={"maxParallel": 4},
+        )
+    )
     replica = daemons(restored, "--plugin-socket-dir", str(plugin.socket_dir))
     replica.wait_ready(120)
     wait_for(lambda: not sql(restored, "SELECT pg_is_in_recovery()")[0][0], 60, "promotion")

@@ -153,3 +153,26 @@ def test_following_crosses_a_log_boundary() -> None:
     ]
     assert names.following("000000010000000000000003", 1, 64 << 20) == ["000000010000000000000004"]
     assert names.following("000000010000000000000003", 1, 1 << 30) == ["000000010000000100000000"]
+
+
+def test_restore_also_uses_external_cluster_plugins() -> None:
+    from instance_manager.cluster_model import Cluster
+    from instance_manager.plugins.selection import enabled
+    from instance_manager.settings import _convert
+
+    cluster: Cluster = _convert(
+        {
+            "spec": {
+                "plugins": [{"name": "b.io"}, {"name": "off.io", "enabled": False}],
+                "externalClusters": [
+                    {"name": "origin", "plugin": {"name": "a.io"}},
+                    {"name": "old", "plugin": {"name": "c.io", "enabled": False}},
+                    {"name": "plain", "connectionParameters": {"host": "x"}},
+                ],
+            }
+        },
+        Cluster,
+        "",
+    )
+    assert enabled(cluster) == ["b.io"]
+    assert enabled(cluster, restore=True) == ["a.io", "b.io"]

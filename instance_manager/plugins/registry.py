@@ -17,19 +17,9 @@ from instance_manager import log
 from instance_manager.cluster_model import Cluster
 from instance_manager.errors import PluginError
 from instance_manager.plugins.connection import Plugin
+from instance_manager.plugins.selection import enabled, wal_archiver
 
 _logger = log.get("plugins")
-
-
-def enabled(cluster: Cluster) -> list[str]:
-    return sorted({p.name for p in cluster.spec.plugins if p.enabled})
-
-
-def wal_archiver(cluster: Cluster) -> str | None:
-    for plugin in cluster.spec.plugins:
-        if plugin.enabled and plugin.isWALArchiver:
-            return plugin.name
-    return None
 
 
 def sockets(directory: Path) -> set[str]:
@@ -56,7 +46,7 @@ class Registry:
         self.cluster = cluster
         self._plugins: dict[str, Plugin] = {}
 
-    def available(self) -> list[Plugin]:
+    def available(self, restore: bool = False) -> list[Plugin]:
         """Enabled plugins with a socket, sorted; raises if the WAL archiver is missing."""
         cluster = self.cluster()
         found = sockets(self.directory)
@@ -64,7 +54,7 @@ class Registry:
         if archiver is not None and archiver not in found:
             raise PluginError(f"wal archive plugin is not available: {archiver}")
         chosen = []
-        for name in enabled(cluster):
+        for name in enabled(cluster, restore):
             if name not in found:
                 continue
             if name not in self._plugins:
@@ -72,12 +62,12 @@ class Registry:
             chosen.append(self._plugins[name])
         return chosen
 
-    async def usable(self) -> list[Plugin]:
+    async def usable(self, restore: bool = False) -> list[Plugin]:
         """Available plugins whose handshake succeeded (a failing one is logged and skipped,
         unless it is the WAL archiver, which is an error)."""
         archiver = wal_archiver(self.cluster())
         usable = []
-        for plugin in self.available():
+        for plugin in self.available(restore):
             if plugin.handshake is None:
                 try:
                     async with plugin.channel():

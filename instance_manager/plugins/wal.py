@@ -58,7 +58,7 @@ class PluginWal:
     async def restore(self, name: str, destination: Path, rewind: bool) -> None:
         plugins = [
             p
-            for p in await self.registry.usable()
+            for p in await self.registry.usable(restore=True)
             if p.handshake and RPC.TYPE_RESTORE_WAL in p.handshake.wal
         ]
         if not plugins:

@@ -42,8 +42,10 @@ class PluginBackend:
         self._wal: PluginWal | None = None
         self._json: tuple[int, bytes] = (0, b"")
 
-    def _configured(self) -> bool:
-        return any(p.enabled for p in self.cluster().spec.plugins)
+    def _configured(self, restore: bool = False) -> bool:
+        from instance_manager.plugins.selection import enabled  # no gRPC import
+
+        return bool(enabled(self.cluster(), restore))
 
     def _plugins(self) -> PluginWal:
         if self._wal is None:
@@ -77,7 +79,7 @@ class PluginBackend:
         (self.pgdata / CHECK_EMPTY_MARKER).unlink(missing_ok=True)
 
     async def restore(self, name: str, destination: Path, rewind: bool) -> None:
-        if not self._configured():
+        if not self._configured(restore=True):
             raise WalNotFound(f"{name}: no plugin is enabled to restore WAL from")
         await self._plugins().restore(name, destination, rewind)
 
