@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from instance_manager.plugins._gen import backup_pb2, backup_pb2_grpc, identity_pb2, wal_pb2_grpc
+from instance_manager.plugins.serve import listen_unix
 from tests.fake_plugin import FakePlugin, _health_handler, _IdentityServicer, _WALServicer
 
 BACKUP_SERVICE = identity_pb2.PluginCapability.Service.TYPE_BACKUP_SERVICE
@@ -73,6 +74,5 @@ class FakeBackupPlugin(FakePlugin):
         wal_pb2_grpc.add_WALServicer_to_server(_WALServicer(self), server)
         backup_pb2_grpc.add_BackupServicer_to_server(_BackupServicer(self), server)
         server.add_generic_rpc_handlers((_health_handler(self),))
-        server.add_insecure_port(f"unix://{self.socket_path}")
-        await server.start()
+        await listen_unix(server, self.socket_path, 0o777)
         self._server = server

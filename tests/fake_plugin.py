@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -42,6 +41,7 @@ from instance_manager.plugins._gen import (
     wal_pb2,
     wal_pb2_grpc,
 )
+from instance_manager.plugins.serve import listen_unix, stop_unix
 
 if TYPE_CHECKING:
     Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -419,9 +419,6 @@ class FakePlugin:
             if not directory.is_dir():
                 directory.mkdir(parents=True)
                 directory.chmod(0o755)
-        # A socket left behind by a crashed sidecar would make the bind fail.
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
 
     async def up(self) -> None:
         """Start serving (again) on the same socket path."""
@@ -432,19 +429,14 @@ class FakePlugin:
         identity_pb2_grpc.add_IdentityServicer_to_server(_IdentityServicer(self), server)
         wal_pb2_grpc.add_WALServicer_to_server(_WALServicer(self), server)
         server.add_generic_rpc_handlers((_health_handler(self),))
-        server.add_insecure_port(f"unix://{self.socket_path}")
-        await server.start()
         # The daemon's wal-archive/wal-restore run as the postgres user.
-        self.socket_path.chmod(0o777)
+        await listen_unix(server, self.socket_path, 0o777)
         self._server = server
 
     async def down(self, grace: float | None = None) -> None:
         """Stop serving; in-flight calls are cancelled unless a grace period is given."""
         server, self._server = self._server, None
-        if server is not None:
-            await server.stop(grace)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        await stop_unix(server, self.socket_path, grace)
 
     async def __aenter__(self) -> FakePlugin:
         await self.up()

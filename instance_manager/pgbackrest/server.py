@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -40,6 +39,7 @@ from instance_manager.plugins._gen import (
     restore_job_pb2_grpc,
     wal_pb2_grpc,
 )
+from instance_manager.plugins.serve import listen_unix, stop_unix
 
 _logger = log.get("pgbackrest")
 # In-flight calls get this long to finish after SIGTERM; then their pgbackrest is killed
@@ -67,9 +67,6 @@ class PluginServer:
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        # A socket left by an earlier sidecar would make the bind fail.
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
         server = grpc.aio.server()
         identity = IdentityService(self.sidecar.name, self.sidecar.version, self.manifest)
         identity_pb2_grpc.add_IdentityServicer_to_server(identity, server)
@@ -80,26 +77,20 @@ class PluginServer:
             RestoreService(self.sidecar), server
         )
         server.add_generic_rpc_handlers((health_handler(),))
-        if not server.add_insecure_port(f"unix://{self.socket_path}"):
-            raise OSError(f"cannot listen on {self.socket_path}")
-        await server.start()
+        await listen_unix(server, self.socket_path, SOCKET_MODE)
         self._server = server
         self._share_socket()
         log.event(_logger, "plugin listening", socket=str(self.socket_path), name=self.sidecar.name)
 
     def _share_socket(self) -> None:
-        """Readable by the socket directory's owner: as root, hand the socket to them."""
-        os.chmod(self.socket_path, SOCKET_MODE)
+        """Usable by the socket directory's owner: as root, hand the socket to them."""
         if os.geteuid() == 0:
             owner = self.socket_path.parent.stat()
             os.chown(self.socket_path, owner.st_uid, owner.st_gid)
 
     async def stop(self, grace: float | None = STOP_GRACE) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            await server.stop(grace)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        await stop_unix(server, self.socket_path, grace)
 
     async def __aenter__(self) -> PluginServer:
         await self.start()
