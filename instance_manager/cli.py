@@ -8,9 +8,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from instance_manager.errors import EXIT_FAILURE, EXIT_INVALID_SETTINGS, InstanceManagerError
+from instance_manager.errors import (
+    EXIT_FAILURE,
+    EXIT_INVALID_SETTINGS,
+    InstanceManagerError,
+    SettingsError,
+)
+
+if TYPE_CHECKING:
+    from instance_manager.settings import Settings
+
+# The client's own deadline (SCRATCH/bin/manager): above the daemon's 60 s plugin deadline,
+# twice over, since a segment may wait for an archive already in flight and then its own.
+WAL_DEADLINE = 130.0
 
 # flag destination -> settings field (None values are "not given")
 _RUN_FLAGS = {
@@ -84,9 +96,9 @@ def wal_command(args: argparse.Namespace) -> int:
 
     sock = args.socket or str(Path(args.scratch_dir) / "run" / "instance-manager.sock")
     if args.command == "wal-archive":
-        return thin.main(["archive", sock, args.path])
+        return thin.main(["wal-archive", "--socket", sock, args.path])
     rewind = ["--rewind"] if args.rewind else []
-    return thin.main(["restore", sock, *rewind, args.name, args.path])
+    return thin.main(["wal-restore", "--socket", sock, *rewind, args.name, args.path])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +122,17 @@ def run_command(args: argparse.Namespace) -> int:
     from instance_manager.process import privileges
 
     flags = {field: getattr(args, dest) for dest, field in _RUN_FLAGS.items()}
+def _install_manager(current: Settings) -> None:
+    """The program archive_command and restore_command run (see wal/install.py)."""
+    from instance_manager.postgres import config
+    from instance_manager.wal import install
+
+    try:
+        install.install(config.manager_path(current), config.wal_socket(current), WAL_DEADLINE)
+    except OSError as exc:
+        raise SettingsError(f"cannot install {config.manager_path(current)}: {exc}") from exc
+
+
 
     def load() -> settings.Settings:
         return settings.load(args.config, os.environ, flags)
@@ -130,6 +153,7 @@ def run_command(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         try:
             os.execv(supervisor.reexec_argv[0], supervisor.reexec_argv)
+    _install_manager(current)
         except OSError as exc:
             print(f"instance-manager: cannot re-execute: {exc}", file=sys.stderr)
             return EXIT_FAILURE

@@ -128,9 +128,7 @@ def test_mandatory_values_come_from_settings(tmp_root: Path) -> None:
     assert values["cluster_name"] == "render-test"
     assert values["unix_socket_directories"] == str(tmp_root / "c" / "run")
     assert values["log_directory"] == str(tmp_root / "c" / "log")
-    sock = tmp_root / "c" / "run" / "instance-manager.sock"
-    assert values["archive_command"].endswith(f"thin.py archive {sock} %p")
-    assert " -I -S " in values["archive_command"]
+    assert values["archive_command"] == f"{tmp_root / 'c' / 'bin' / 'manager'} wal-archive %p"
     assert values["archive_mode"] == "on"
     assert values["logging_collector"] == "on"
     assert values["restart_after_crash"] == "off"

@@ -222,6 +222,7 @@ def test_look_ahead_archives_the_next_ready_segments(instance: Instance, daemons
 
 
 def run_thin(*args: str) -> subprocess.CompletedProcess[str]:
+    """The package's copy of the client, as `python -I -S thin.py` (the installed one is below)."""
     python = os.path.realpath(sys.executable)
     return subprocess.run(
         [python, "-I", "-S", str(THIN), *args], capture_output=True, text=True, timeout=60
@@ -238,11 +239,11 @@ def test_thin_client_restore_passes_rewind_mode_and_not_found(
     wait_archived(instance, name)
     sock = str(instance.socket_dir / "instance-manager.sock")
     dest = instance.root / "RECOVERYXLOG"
-    done = run_thin("restore", sock, "--rewind", name, str(dest))
+    done = run_thin("wal-restore", "--socket", sock, "--rewind", name, str(dest))
     assert done.returncode == 0, done.stderr
     assert dest.read_bytes() == (plugin.storage / name).read_bytes()
     assert plugin.calls("restore")[-1]["mode"] == 2  # MODE_REWIND
-    missing = run_thin("restore", sock, "0000000100000000000000FF", str(dest))
+    missing = run_thin("wal-restore", "--socket", sock, "0000000100000000000000FF", str(dest))
     assert missing.returncode == 1
     assert missing.stderr.count("\n") == 1 and "not restored" in missing.stderr
     assert plugin.calls("restore")[-1]["mode"] == 1  # MODE_RECOVERY
@@ -250,10 +251,12 @@ def test_thin_client_restore_passes_rewind_mode_and_not_found(
 
 
 def test_thin_client_fails_when_the_daemon_is_gone(tmp_root: Path) -> None:
-    result = run_thin("archive", str(tmp_root / "nothing.sock"), "pg_wal/000000010000000000000001")
+    sock = str(tmp_root / "nothing.sock")
+    result = run_thin("wal-archive", "--socket", sock, "pg_wal/000000010000000000000001")
     assert result.returncode == 1
     assert "instance manager not reachable" in result.stderr
-    assert run_thin("archive").returncode == 2
+    assert run_thin("wal-archive").returncode == 2
+    assert run_thin("wal-archive", "a", "b").returncode == 2
 
 
 def base_backup(inst: Instance, target: Path) -> None:

@@ -13,7 +13,6 @@ import logging
 import os
 import pwd
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,9 +127,9 @@ def ssl_enabled(settings: Settings) -> bool:
     return (certs / "server.crt").is_file() and (certs / "server.key").is_file()
 
 
-# The per-segment client (standard library only), run by path so that neither the
-# package nor site-packages is imported: with -I -S it starts in ~10 ms.
-THIN_CLIENT = Path(__file__).resolve().parent.parent / "wal" / "thin.py"
+def manager_path(settings: Settings) -> Path:
+    """The per-segment client the daemon installs at start (``wal/install.py``)."""
+    return settings.instance.scratchDir / "bin" / "manager"
 
 
 def wal_socket(settings: Settings) -> Path:
@@ -139,17 +138,15 @@ def wal_socket(settings: Settings) -> Path:
 
 
 def _wal_command(settings: Settings, *args: str) -> str:
-    python = os.path.realpath(sys.executable)
-    parts = [python, "-I", "-S", str(THIN_CLIENT), args[0], str(wal_socket(settings))]
-    return " ".join(shlex.quote(p) for p in parts) + " " + " ".join(args[1:])
+    return shlex.quote(str(manager_path(settings))) + " " + " ".join(args)
 
 
 def archive_command(settings: Settings) -> str:
-    return _wal_command(settings, "archive", "%p")
+    return _wal_command(settings, "wal-archive", "%p")
 
 
 def restore_command(settings: Settings, rewind: bool = False) -> str:
-    return _wal_command(settings, "restore", *(["--rewind"] if rewind else []), "%f", "%p")
+    return _wal_command(settings, "wal-restore", *(["--rewind"] if rewind else []), "%f", "%p")
 
 
 def mandatory_parameters(settings: Settings) -> dict[str, str]:

@@ -13,6 +13,7 @@ import sysconfig
 from pathlib import Path
 
 from instance_manager.errors import SettingsError
+from instance_manager.process import readable
 from instance_manager.settings import Settings
 
 DEFAULT_USER = "postgres"
@@ -36,6 +37,7 @@ def prepare(settings: Settings) -> None:
             owner = pwd.getpwnam(name)
         except KeyError:
             raise SettingsError(f"instance.user: no such account {name!r}") from None
+        readable.check(owner)  # before anything is created: name what the account can't read
     scratch = settings.instance.scratchDir
     _make(scratch, 0o755, owner)
     _make(settings.run_dir, 0o755, owner)

@@ -1,15 +1,22 @@
 """The per-segment client PostgreSQL runs as archive_command / restore_command.
 
+The daemon installs a copy of this file as ``SCRATCH/bin/manager`` at every start
+(``wal/install.py``), with its socket path and deadline filled in below, and PostgreSQL
+runs ``SCRATCH/bin/manager wal-archive %p`` and ``... wal-restore %f %p``, the way
+CloudNativePG runs its copied ``/controller/manager``. The copy is self-contained: it needs
+neither the package nor its virtualenv, so a package upgrade or ``PUT /update`` cannot
+break it, and the account PostgreSQL runs as never reads the source tree.
+
 PostgreSQL starts it once per WAL file, so its start-up time is archive latency. It
 imports nothing beyond built-in C modules (``sys``, ``posix``, ``_socket``; even ``os``,
-``json`` and ``socket`` would double its start-up), and the daemon runs it as
-``python -I -S .../thin.py``: about 7 ms, like a C program. It asks the running daemon
-over a Unix socket and exits 0 only when the daemon confirms; any failure exits 1 with
-one line on stderr, and PostgreSQL retries later. It never pretends success.
+``json`` and ``socket`` would double its start-up) and runs as ``python -I -S``: about
+7 ms. It asks the running daemon over a Unix socket and exits 0 only when the daemon
+confirms; any failure, including no answer within the deadline, exits 1 with one line on
+stderr, and PostgreSQL retries later. It never pretends success.
 
 Usage:
-    thin.py archive SOCKET PATH                   (%p)
-    thin.py restore SOCKET [--rewind] NAME PATH   (%f %p)
+    manager wal-archive [--socket S] [--timeout SECONDS] PATH                 (%p)
+    manager wal-restore [--socket S] [--timeout SECONDS] [--rewind] NAME PATH (%f %p)
 
 Protocol, one line each way, fields separated by NUL (which no path can contain):
     request  "archive" NUL path LF  |  "restore" NUL name NUL path NUL ("0"|"1") LF
@@ -20,9 +27,24 @@ import _socket
 import posix
 import sys
 
-USAGE = "usage: thin.py archive SOCKET PATH | thin.py restore SOCKET [--rewind] NAME PATH"
+# Filled in by the installer; empty when the package runs this module itself.
+SOCKET = ""
+TIMEOUT = 0.0  # seconds; 0 = DEFAULT_TIMEOUT
+
+DEFAULT_TIMEOUT = 120.0
+USAGE = (
+    "usage: manager wal-archive [--socket S] [--timeout SECONDS] PATH\n"
+    "       manager wal-restore [--socket S] [--timeout SECONDS] [--rewind] NAME PATH"
+)
 REPLY_LIMIT = 65536
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Request:
+    def __init__(self, socket: str, timeout: float, fields: list[str]) -> None:
+        self.socket = socket
+        self.timeout = timeout
+        self.fields = fields
 
 
 def absolute(path: str) -> str:
@@ -30,12 +52,13 @@ def absolute(path: str) -> str:
     return path if path.startswith("/") else posix.getcwd() + "/" + path
 
 
-def ask(socket_path: str, request: list[str]) -> list[str]:
-    """Send one request and wait (without a deadline, like CNPG) for the reply fields."""
+def ask(request: Request) -> list[str]:
+    """Send one request and wait, at most ``request.timeout`` seconds, for the reply."""
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    conn.settimeout(request.timeout)
     try:
-        conn.connect(socket_path)
-        conn.sendall("\0".join(request).encode() + b"\n")
+        conn.connect(request.socket)
+        conn.sendall("\0".join(request.fields).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = conn.recv(REPLY_LIMIT)
@@ -49,32 +72,65 @@ def ask(socket_path: str, request: list[str]) -> list[str]:
     return data[:-1].decode(errors="replace").split("\0")
 
 
-def build_request(argv: list[str]) -> tuple[str, list[str]]:
-    """(socket, request fields) from the command line; ValueError on bad usage."""
-    if len(argv) < 3:
+def _options(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split ``--socket S``, ``--timeout T`` and ``--rewind`` from the positional words."""
+    options: dict[str, str] = {}
+    words: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--socket", "--timeout") and i + 1 < len(args):
+            options[arg[2:]] = args[i + 1]
+            i += 2
+            continue
+        if arg == "--rewind":
+            options["rewind"] = "1"
+        elif arg.startswith("--"):
+            raise ValueError(f"unknown option {arg}\n{USAGE}")
+        else:
+            words.append(arg)
+        i += 1
+    return options, words
+
+
+def parse(argv: list[str]) -> Request:
+    """The request the command line asks for; ValueError on bad usage."""
+    if not argv:
         raise ValueError(USAGE)
-    op, sock, rest = argv[0], argv[1], argv[2:]
-    if op == "archive" and len(rest) == 1:
-        return sock, ["archive", absolute(rest[0])]
-    if op == "restore":
-        rewind = "--rewind" in rest
-        rest = [a for a in rest if a != "--rewind"]
-        if len(rest) == 2:
-            return sock, ["restore", rest[0], absolute(rest[1]), "1" if rewind else "0"]
+    options, words = _options(argv[1:])
+    socket = options.get("socket", SOCKET)
+    if not socket:
+        raise ValueError(f"no --socket given\n{USAGE}")
+    try:
+        timeout = float(options.get("timeout", 0)) or TIMEOUT or DEFAULT_TIMEOUT
+    except ValueError:
+        raise ValueError(f"--timeout: not a number\n{USAGE}") from None
+    if timeout <= 0:
+        raise ValueError(f"--timeout must be positive\n{USAGE}")
+    if argv[0] == "wal-archive" and len(words) == 1 and "rewind" not in options:
+        return Request(socket, timeout, ["archive", absolute(words[0])])
+    if argv[0] == "wal-restore" and len(words) == 2:
+        rewind = "1" if "rewind" in options else "0"
+        return Request(socket, timeout, ["restore", words[0], absolute(words[1]), rewind])
     raise ValueError(USAGE)
 
 
 def main(argv: list[str]) -> int:
     try:
-        sock, request = build_request(argv)
+        request = parse(argv)
     except ValueError as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_USAGE
-    what = f"{request[0]} {request[1].rpartition('/')[2]}"
+    what = f"{request.fields[0]} {request.fields[1].rpartition('/')[2]}"
     try:
-        reply = ask(sock, request)
+        reply = ask(request)
+    except TimeoutError:
+        sys.stderr.write(
+            f"wal {what}: no answer from the instance manager within {request.timeout:g} s\n"
+        )
+        return EXIT_FAILED
     except (OSError, ValueError) as exc:
-        sys.stderr.write(f"wal {what}: instance manager not reachable at {sock}: {exc}\n")
+        sys.stderr.write(f"wal {what}: instance manager not reachable at {request.socket}: {exc}\n")
         return EXIT_FAILED
     if reply == ["ok"]:
         return EXIT_OK

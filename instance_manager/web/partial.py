@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import re
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +73,7 @@ def thin_client_archiver(settings: Callable[[], Settings]) -> ArchiveFile:
 
     async def archive(path: Path) -> None:
         s = settings()
-        argv = [sys.executable, "-I", "-S", str(config.THIN_CLIENT), "archive"]
-        argv += [str(config.wal_socket(s)), str(path)]
+        argv = [str(config.manager_path(s)), "wal-archive", str(path)]
         await spawn.run(argv, env=spawn.base_env(), timeout=ARCHIVE_TIMEOUT)
 
     return archive
