@@ -42,6 +42,7 @@ _RUN_FLAGS = {
     "listen_addresses": "listenAddresses",
     "user": "user",
 }
+    "plugin_timeout": "pluginTimeout",
 
 
 def _run_parser(sub: Any) -> None:
@@ -71,6 +72,9 @@ def _run_parser(sub: Any) -> None:
 
 def _status_parser(sub: Any) -> None:
     status = sub.add_parser("status", help="print this instance's /pg/status", add_help=False)
+    run.add_argument(
+        "--plugin-timeout", type=float, help="deadline of one CNPG-I plugin call, seconds [60]"
+    )
     status.add_argument("rest", nargs=argparse.REMAINDER)
 
 

@@ -36,6 +36,9 @@ ENV_METADATA = {"CLUSTER_NAME": "name", "NAMESPACE": "namespace"}
 Port = Annotated[int, Meta(ge=0, le=65535)]
 
 
+# Deadline of one call to one CNPG-I plugin (archive, restore, handshake), in seconds: a
+# stopped or wedged plugin fails the call and PostgreSQL retries, instead of waiting for ever.
+DEFAULT_PLUGIN_TIMEOUT = 60.0
 class InstanceOptions(Strict, frozen=True):
     """Options of this pod's manager (not part of the Cluster resource)."""
 
@@ -58,6 +61,7 @@ class InstanceOptions(Strict, frozen=True):
     statusPortTLS: bool = False
     metricsPortTLS: bool = False
     # Custom-query YAML files (the mounted ConfigMaps/Secrets of spec.monitoring).
+    pluginTimeout: Annotated[float, Meta(gt=0)] = DEFAULT_PLUGIN_TIMEOUT
     metricsQueriesFiles: list[Path] = field(default_factory=list)
 
 

@@ -72,7 +72,10 @@ class Supervisor:
             return cluster().spec.wal_max_parallel
 
         self.wal_backend = PluginBackend(
-            settings.instance.pluginSocketDir, cluster, settings.pgdata
+            settings.instance.pluginSocketDir,
+            cluster,
+            settings.pgdata,
+            lambda: self.lifecycle.settings.instance.pluginTimeout,
         )
         archiver = Archiver(self.wal_backend, settings.archive_spool, max_parallel, self.state.wal)
         restorer = Restorer(

@@ -84,15 +84,23 @@ def _serves_metrics(plugin: Plugin) -> bool:
 
 
 async def _one(plugin: Plugin, cluster_json: bytes, taken: set[str]) -> list[Family]:
+    """Define then Collect, both within one PLUGIN_TIMEOUT."""
     from instance_manager.plugins._gen import metrics_pb2
 
-    async with asyncio.timeout(PLUGIN_TIMEOUT), plugin.channel() as ch:
-        defined = await ch.metrics.Define(
-            metrics_pb2.DefineMetricsRequest(cluster_definition=cluster_json)
-        )
-        collected = await ch.metrics.Collect(
-            metrics_pb2.CollectMetricsRequest(cluster_definition=cluster_json)
-        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PLUGIN_TIMEOUT
+    defined = await plugin.call(
+        lambda ch: ch.metrics.Define,
+        metrics_pb2.DefineMetricsRequest(cluster_definition=cluster_json),
+        timeout=PLUGIN_TIMEOUT,
+        what="Metrics.Define",
+    )
+    collected = await plugin.call(
+        lambda ch: ch.metrics.Collect,
+        metrics_pb2.CollectMetricsRequest(cluster_definition=cluster_json),
+        timeout=max(deadline - loop.time(), 0.0),
+        what="Metrics.Collect",
+    )
     return to_families(defined, collected, taken)
 
 
@@ -104,7 +112,7 @@ async def collect(
 
     out = PluginResults()
     try:
-        plugins = [p for p in await registry.usable() if _serves_metrics(p)]
+        plugins = [p for p in await registry.usable(timeout=PLUGIN_TIMEOUT) if _serves_metrics(p)]
     except Exception as exc:
         out.failed.append(f"plugins: {describe(exc)}")
         return out

@@ -49,6 +49,8 @@ SOCKET_WAIT = 60.0
 POLL_INTERVAL = 0.1
 MAX_POLL_INTERVAL = 1.0
 SQL_TIMEOUT = 5.0
+# Restoring a base backup of a large database from object storage can take many hours.
+RESTORE_RPC_TIMEOUT = 24 * 3600.0
 LAST_LINES = 20
 KIND_RESTORE = restore_job_pb2.RestoreJobHooksCapability.KIND_RESTORE
 
@@ -123,7 +125,7 @@ def check_empty_archive(cluster: Cluster) -> bool:
 
 
 async def call_restore(settings: Settings, name: str) -> str:
-    """``RestoreJobHooks.Restore`` on the plugin (no deadline: restores take long)."""
+    """``RestoreJobHooks.Restore`` on the plugin, within RESTORE_RPC_TIMEOUT."""
     socket = settings.instance.pluginSocketDir / name
     await wait_for_socket(socket, SOCKET_WAIT)
     plugin = Plugin(name, socket, pool_size=1)
@@ -139,12 +141,12 @@ async def call_restore(settings: Settings, name: str) -> str:
             stub: Any = restore_job_pb2_grpc.RestoreJobHooksStub(ch.channel)
             async with asyncio.timeout(LOAD_TIMEOUT):
                 caps = await stub.GetCapabilities(
-                    restore_job_pb2.RestoreJobHooksCapabilitiesRequest()
+                    restore_job_pb2.RestoreJobHooksCapabilitiesRequest(), timeout=LOAD_TIMEOUT
                 )
             if KIND_RESTORE not in {c.kind for c in caps.capabilities}:
                 raise PluginError(f"plugin {name} cannot restore a backup (no KIND_RESTORE)")
             log.event(_logger, "restoring a backup through the plugin", plugin=name)
-            response = await stub.Restore(request)
+            response = await stub.Restore(request, timeout=RESTORE_RPC_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
         raise PluginError(f"plugin {name} could not restore a backup: {describe(exc)}") from exc
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +31,25 @@ from instance_manager.plugins._gen import (
 )
 
 ServiceType = identity_pb2.PluginCapability.Service.Type
-# Bound on loading a plugin (handshake); the RPCs that follow have none, like CNPG's.
+# Bound on loading a plugin (handshake) and on each probe. The calls that follow get the
+# caller's deadline through Plugin.call (instance.pluginTimeout for WAL).
 LOAD_TIMEOUT = 5.0
+# The least time left that is still worth sending a call with.
+MIN_RPC_TIMEOUT = 0.001
 POOL_SIZE = 4
 # Acquire retries: 10 ms, then x5 each time, 5 attempts (CNPG's back-off).
 RETRY_DELAYS = (0.01, 0.05, 0.25, 1.25)
 # A channel that answered this recently is not probed again before the next call: at
 # WAL-archiving rates the Probe RPC would otherwise add a third to every call.
 PROBE_FRESH = 1.0
+
+
+class PluginTimeout(PluginError):
+    """A plugin did not answer within its deadline: stopped, wedged or overloaded."""
+
+    def __init__(self, plugin: str, what: str, seconds: float) -> None:
+        super().__init__(f"plugin {plugin} did not answer {what} within {seconds:g} s")
+        self.plugin = plugin
 
 
 @dataclass(frozen=True)
@@ -70,23 +81,28 @@ def _rpc_types(capabilities: Any) -> frozenset[int]:
 
 
 async def handshake(ch: Channel, socket_name: str) -> Handshake:
-    meta = await ch.identity.GetPluginMetadata(identity_pb2.GetPluginMetadataRequest())
+    t = LOAD_TIMEOUT  # each call's gRPC deadline; the caller bounds the whole handshake too
+    meta = await ch.identity.GetPluginMetadata(identity_pb2.GetPluginMetadataRequest(), timeout=t)
     if meta.name != socket_name:
         raise PluginError(
             f"plugin socket {socket_name!r} answers as {meta.name!r}: the socket's file name "
             "must equal the plugin's metadata name; plugin not used"
         )
-    caps = await ch.identity.GetPluginCapabilities(identity_pb2.GetPluginCapabilitiesRequest())
+    caps = await ch.identity.GetPluginCapabilities(
+        identity_pb2.GetPluginCapabilitiesRequest(), timeout=t
+    )
     services = frozenset(int(c.service.type) for c in caps.capabilities if c.HasField("service"))
     wal = backup = metrics = frozenset[int]()
     if ServiceType.TYPE_WAL_SERVICE in services:
-        result = await ch.wal.GetCapabilities(wal_pb2.WALCapabilitiesRequest())
+        result = await ch.wal.GetCapabilities(wal_pb2.WALCapabilitiesRequest(), timeout=t)
         wal = _rpc_types(result.capabilities)
     if ServiceType.TYPE_BACKUP_SERVICE in services:
-        result = await ch.backup.GetCapabilities(backup_pb2.BackupCapabilitiesRequest())
+        result = await ch.backup.GetCapabilities(backup_pb2.BackupCapabilitiesRequest(), timeout=t)
         backup = _rpc_types(result.capabilities)
     if ServiceType.TYPE_METRICS in services:
-        result = await ch.metrics.GetCapabilities(metrics_pb2.MetricsCapabilitiesRequest())
+        result = await ch.metrics.GetCapabilities(
+            metrics_pb2.MetricsCapabilitiesRequest(), timeout=t
+        )
         metrics = _rpc_types(result.capabilities)
     return Handshake(meta.name, meta.version, services, wal, backup, metrics)
 
@@ -139,7 +155,9 @@ class Plugin:
             return ch
         try:
             async with asyncio.timeout(LOAD_TIMEOUT):
-                await ch.identity.Probe(identity_pb2.ProbeRequest())  # ready=false is ignored
+                await ch.identity.Probe(
+                    identity_pb2.ProbeRequest(), timeout=LOAD_TIMEOUT
+                )  # ready=false is ignored
         except (grpc.aio.AioRpcError, TimeoutError):
             ch.broken = True
             await ch.channel.close()
@@ -170,7 +188,44 @@ class Plugin:
                 ch.broken = True
             ch.last_ok = 0.0
             raise
+        except BaseException:
+            ch.last_ok = 0.0  # cancelled or timed out: probe the channel before its next use
+            raise
         ch.last_ok = time.monotonic()
+
+    async def call(
+        self,
+        rpc: Callable[[Channel], Callable[..., Awaitable[Any]]],
+        request: Any,
+        *,
+        timeout: float,
+        what: str,
+    ) -> Any:
+        """``rpc(channel)(request)``, channel acquisition included, within ``timeout`` s.
+
+        The time left travels with the call as its gRPC deadline, so the plugin can see it
+        too. When the deadline passes, PluginTimeout names the plugin and ``what``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline), self.channel() as ch:
+                left = max(deadline - loop.time(), MIN_RPC_TIMEOUT)
+                return await rpc(ch)(request, timeout=left)
+        except TimeoutError:
+            raise PluginTimeout(self.name, what, timeout) from None
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise PluginTimeout(self.name, what, timeout) from exc
+            raise
+
+    async def load(self, timeout: float) -> None:
+        """Open a first channel (handshake included) within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout), self.channel():
+                pass
+        except TimeoutError:
+            raise PluginTimeout(self.name, "its handshake", timeout) from None
 
     async def close(self) -> None:
         channels, self._channels = self._channels, []

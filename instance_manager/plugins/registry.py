@@ -18,6 +18,7 @@ from instance_manager.cluster_model import Cluster
 from instance_manager.errors import PluginError
 from instance_manager.plugins.connection import Plugin
 from instance_manager.plugins.selection import enabled, wal_archiver
+from instance_manager.settings import DEFAULT_PLUGIN_TIMEOUT
 
 _logger = log.get("plugins")
 
@@ -39,11 +40,20 @@ def sockets(directory: Path) -> set[str]:
 
 
 class Registry:
-    """Keeps one :class:`Plugin` (channel pool) per socket, for the daemon's lifetime."""
+    """Keeps one :class:`Plugin` (channel pool) per socket, for the daemon's lifetime.
 
-    def __init__(self, directory: Path, cluster: Callable[[], Cluster]) -> None:
+    ``timeout`` gives the deadline of one call to one plugin (``instance.pluginTimeout``).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        cluster: Callable[[], Cluster],
+        timeout: Callable[[], float] = lambda: DEFAULT_PLUGIN_TIMEOUT,
+    ) -> None:
         self.directory = directory
         self.cluster = cluster
+        self.timeout = timeout
         self._plugins: dict[str, Plugin] = {}
 
     def available(self, restore: bool = False) -> list[Plugin]:
@@ -62,16 +72,16 @@ class Registry:
             chosen.append(self._plugins[name])
         return chosen
 
-    async def usable(self, restore: bool = False) -> list[Plugin]:
+    async def usable(self, restore: bool = False, timeout: float | None = None) -> list[Plugin]:
         """Available plugins whose handshake succeeded (a failing one is logged and skipped,
-        unless it is the WAL archiver, which is an error)."""
+        unless it is the WAL archiver, which is an error). Each handshake has ``timeout``
+        seconds (default: the registry's)."""
         archiver = wal_archiver(self.cluster())
         usable = []
         for plugin in self.available(restore):
             if plugin.handshake is None:
                 try:
-                    async with plugin.channel():
-                        pass
+                    await plugin.load(self.timeout() if timeout is None else timeout)
                 except PluginError as exc:
                     if plugin.name == archiver:
                         raise

@@ -1,7 +1,9 @@
 """WAL archive and restore through CNPG-I plugins (the daemon's WalBackend).
 
 Archive: every usable plugin advertising ARCHIVE_WAL, in name order; the first error
-aborts. Restore: each plugin advertising RESTORE_WAL in order until one succeeds.
+aborts. Restore: each plugin advertising RESTORE_WAL in order until one succeeds. Each
+call to each plugin has the registry's deadline (``instance.pluginTimeout``): a stopped or
+wedged plugin makes the request fail, and PostgreSQL tries again later.
 ``WAL.Status`` and ``WAL.SetFirstRequired`` are never called: real plugins leave them
 unimplemented.
 """
@@ -46,10 +48,12 @@ class PluginWal:
             source_file_name=str(source),
             check_empty_wal_archive=self.check_empty_archive(),
         )
+        what = f"WAL.Archive of {source.name}"
         for plugin in plugins:
             try:
-                async with plugin.channel() as ch:
-                    await ch.wal.Archive(request)
+                await plugin.call(
+                    lambda ch: ch.wal.Archive, request, timeout=self.registry.timeout(), what=what
+                )
             except grpc.aio.AioRpcError as exc:
                 raise PluginError(
                     f"plugin {plugin.name} could not archive {source.name}: {describe(exc)}"
@@ -72,8 +76,12 @@ class PluginWal:
         errors, missing = [], 0
         for plugin in plugins:
             try:
-                async with plugin.channel() as ch:
-                    await ch.wal.Restore(request)
+                await plugin.call(
+                    lambda ch: ch.wal.Restore,
+                    request,
+                    timeout=self.registry.timeout(),
+                    what=f"WAL.Restore of {name}",
+                )
                 return
             except grpc.aio.AioRpcError as exc:
                 missing += exc.code() == grpc.StatusCode.NOT_FOUND

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from instance_manager.cluster_model import Cluster
 from instance_manager.errors import WalNotFound
+from instance_manager.settings import DEFAULT_PLUGIN_TIMEOUT
 
 if TYPE_CHECKING:
     from instance_manager.plugins.registry import Registry
@@ -33,12 +34,21 @@ class PluginBackend:
     It also plays the part of CNPG's reconciler for the empty-archive check: the marker
     initdb leaves in PGDATA asks plugins to check that the archive is empty, and it is
     removed once a segment has been archived.
+
+    ``timeout`` gives the deadline of one call to one plugin (``instance.pluginTimeout``).
     """
 
-    def __init__(self, plugin_dir: Path, cluster: Callable[[], Cluster], pgdata: Path) -> None:
+    def __init__(
+        self,
+        plugin_dir: Path,
+        cluster: Callable[[], Cluster],
+        pgdata: Path,
+        timeout: Callable[[], float] = lambda: DEFAULT_PLUGIN_TIMEOUT,
+    ) -> None:
         self.plugin_dir = plugin_dir
         self.cluster = cluster
         self.pgdata = pgdata
+        self.timeout = timeout
         self._wal: PluginWal | None = None
         self._json: tuple[int, bytes] = (0, b"")
 
@@ -52,7 +62,7 @@ class PluginBackend:
             from instance_manager.plugins.registry import Registry
             from instance_manager.plugins.wal import PluginWal
 
-            registry = Registry(self.plugin_dir, self.cluster)
+            registry = Registry(self.plugin_dir, self.cluster, self.timeout)
             self._wal = PluginWal(registry, self.cluster_json, self.check_empty_archive)
         return self._wal
 

@@ -175,7 +175,7 @@ class PluginBackups:
                 if backup_pb2.BackupCapability.RPC.TYPE_BACKUP not in ch.handshake.backup:
                     raise RuntimeError(f"plugin {plugin_name} does not implement Backup")
                 async with asyncio.timeout(self.rpc_timeout):
-                    response = await ch.backup.Backup(request)
+                    response = await ch.backup.Backup(request, timeout=self.rpc_timeout)
         except Exception as exc:
             if type(exc).__name__ == "AioRpcError":
                 raise RuntimeError(f"plugin {plugin_name}: {describe(exc)}") from exc
