@@ -23,17 +23,34 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Debian's own Python: when started as root the daemon becomes the postgres user, which
-# must be able to read the interpreter (a pyenv under /root is not readable).
+# Debian's own Python, and files every account can read: when started as root the daemon
+# becomes the postgres user, which must read the interpreter, the virtualenv and the package
+# (a pyenv under /root, or a clone in a 0700 home, is not readable by it).
+umask 022
 PYTHON=/usr/bin/python3
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check --upgrade pip
-if [ "${1:-}" = "--dev" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat
+PROJECT=$PWD
+EXTRA=""
+[ "${1:-}" = "--dev" ] && EXTRA="[dev]"
+if [ "$(id -u)" -eq 0 ]; then
+  # One virtualenv per clone under /opt, and a real install (not editable): the daemon never
+  # reads the clone after dropping root. .venv points at it.
+  VENV=/opt/instance-manager/$(basename "$PROJECT")-$(printf '%s' "$PROJECT" | sha256sum | cut -c1-12)
+  mkdir -p /opt/instance-manager
+  chmod 0755 /opt/instance-manager
+  if [ -e .venv ] && [ ! -L .venv ]; then rm -rf .venv; fi
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  ln -sfn "$VENV" .venv
+  "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+  "$VENV/bin/pip" install -q --disable-pip-version-check "$PROJECT$EXTRA"
+  # The package itself again, even when its version did not change.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$PROJECT"
 else
-  .venv/bin/pip install -q --disable-pip-version-check -e . --config-settings editable_mode=compat
+  # Not root: the daemon keeps this account, which can read the clone; an editable install.
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/pip install -q --disable-pip-version-check -e "$PROJECT$EXTRA" \
+    --config-settings editable_mode=compat
+  # Byte-compile now: this environment may set PYTHONDONTWRITEBYTECODE, and without .pyc
+  # files every start would compile every module again (~100 ms before PostgreSQL starts).
+  .venv/bin/python -m compileall -q instance_manager
 fi
-# Byte-compile our package now: the daemon runs as postgres and cannot write __pycache__
-# here, and this environment may set PYTHONDONTWRITEBYTECODE, so without this every start
-# would compile every module again (~100 ms more before PostgreSQL starts).
-.venv/bin/python -m compileall -q instance_manager

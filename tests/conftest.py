@@ -76,3 +76,10 @@ def daemons() -> Iterator[Callable[..., Daemon]]:
     for daemon in started:
         daemon.kill()
         kill_postgres(daemon.inst.pgdata)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The daemon the tests start runs the installed package: make it the code under test."""
+    from tests import installed_copy
+
+    installed_copy.sync()

@@ -163,12 +163,18 @@ def base_spec(**overrides: Any) -> dict[str, Any]:
 class Daemon:
     """`instance-manager run` as a child of the test, output captured as JSON lines."""
 
-    def __init__(self, inst: Instance, *extra: str, prefix: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        inst: Instance,
+        *extra: str,
+        prefix: tuple[str, ...] = (),
+        program: Path | None = None,
+    ) -> None:
         self.inst = inst
         self.log_path = inst.root / f"daemon-{time.monotonic_ns()}.log"
         argv = [
             *prefix,
-            str(VENV_BIN / "instance-manager"),
+            str(program or VENV_BIN / "instance-manager"),
             "run",
             "--config",
             str(inst.config_file),
