@@ -20,9 +20,13 @@ from instance_manager.errors import (
 if TYPE_CHECKING:
     from instance_manager.settings import Settings
 
-# The client's own deadline (SCRATCH/bin/manager): above the daemon's 60 s plugin deadline,
-# twice over, since a segment may wait for an archive already in flight and then its own.
-WAL_DEADLINE = 130.0
+
+def wal_deadline(current: Settings) -> float:
+    """The client's own deadline (SCRATCH/bin/manager): the daemon's plugin deadline twice
+    over, since a segment may wait for an archive already in flight and then its own, plus
+    a margin for the daemon's answer."""
+    return 2 * current.instance.pluginTimeout + 10
+
 
 # flag destination -> settings field (None values are "not given")
 _RUN_FLAGS = {
@@ -122,21 +126,22 @@ def run_command(args: argparse.Namespace) -> int:
     signals = Signals()
     signals.install_early()  # before anything slow: PID 1 drops unhandled signals
 
-    from instance_manager import log, settings
-    from instance_manager.process import privileges
-
-    flags = {field: getattr(args, dest) for dest, field in _RUN_FLAGS.items()}
 def _install_manager(current: Settings) -> None:
     """The program archive_command and restore_command run (see wal/install.py)."""
     from instance_manager.postgres import config
     from instance_manager.wal import install
 
+    target = config.manager_path(current)
     try:
-        install.install(config.manager_path(current), config.wal_socket(current), WAL_DEADLINE)
+        install.install(target, config.wal_socket(current), wal_deadline(current))
     except OSError as exc:
-        raise SettingsError(f"cannot install {config.manager_path(current)}: {exc}") from exc
+        raise SettingsError(f"cannot install {target}: {exc}") from exc
 
 
+    from instance_manager import log, settings
+    from instance_manager.process import privileges
+
+    flags = {field: getattr(args, dest) for dest, field in _RUN_FLAGS.items()}
 
     def load() -> settings.Settings:
         return settings.load(args.config, os.environ, flags)
