@@ -44,7 +44,11 @@ def _differs(left: Path, right: Path) -> bool:
 def sync() -> None:
     """Replace the installed copy with the source tree when they differ."""
     target = installed_package()
-    if target == SOURCE or not _differs(SOURCE, target):
+    # Only a real install is ever replaced: an editable install (or a copy of the tree run
+    # with another tree's virtualenv) imports a source tree, which is nobody's to overwrite.
+    if target == SOURCE or target.parent.name != "site-packages":
+        return
+    if not _differs(SOURCE, target):
         return
     with open(target.parent / ".instance-manager-sync.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
