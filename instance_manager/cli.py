@@ -45,8 +45,8 @@ _RUN_FLAGS = {
     "on_postmaster_exit": "onPostmasterExit",
     "listen_addresses": "listenAddresses",
     "user": "user",
-}
     "plugin_timeout": "pluginTimeout",
+}
 
 
 def _run_parser(sub: Any) -> None:
@@ -71,14 +71,14 @@ def _run_parser(sub: Any) -> None:
         help="after an unexpected postmaster exit [exit in Kubernetes, else restart]",
     )
     run.add_argument("--user", help="account to run as when started as root [postgres]")
+    run.add_argument(
+        "--plugin-timeout", type=float, help="deadline of one CNPG-I plugin call, seconds [60]"
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def _status_parser(sub: Any) -> None:
     status = sub.add_parser("status", help="print this instance's /pg/status", add_help=False)
-    run.add_argument(
-        "--plugin-timeout", type=float, help="deadline of one CNPG-I plugin call, seconds [60]"
-    )
     status.add_argument("rest", nargs=argparse.REMAINDER)
 
 
@@ -120,12 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from instance_manager.process.signals import Signals
-
-    signals = Signals()
-    signals.install_early()  # before anything slow: PID 1 drops unhandled signals
-
 def _install_manager(current: Settings) -> None:
     """The program archive_command and restore_command run (see wal/install.py)."""
     from instance_manager.postgres import config
@@ -138,6 +132,12 @@ def _install_manager(current: Settings) -> None:
         raise SettingsError(f"cannot install {target}: {exc}") from exc
 
 
+def run_command(args: argparse.Namespace) -> int:
+    from instance_manager.process.signals import Signals
+
+    signals = Signals()
+    signals.install_early()  # before anything slow: PID 1 drops unhandled signals
+
     from instance_manager import log, settings
     from instance_manager.process import privileges
 
@@ -149,6 +149,7 @@ def _install_manager(current: Settings) -> None:
     current = load()
     log.setup(current.instance.podName, getattr(logging, args.log_level.upper()))
     privileges.prepare(current)
+    _install_manager(current)
 
     import asyncio
 
@@ -162,7 +163,6 @@ def _install_manager(current: Settings) -> None:
         sys.stderr.flush()
         try:
             os.execv(supervisor.reexec_argv[0], supervisor.reexec_argv)
-    _install_manager(current)
         except OSError as exc:
             print(f"instance-manager: cannot re-execute: {exc}", file=sys.stderr)
             return EXIT_FAILURE
