@@ -207,9 +207,10 @@ class Instance:
         env = {"PATH": "/usr/bin:/bin", "PGDATA": str(lay.pgdata), "HOME": "/var/lib/postgresql",
                "PGBACKREST_PG1_PORT": str(lay.pg_port),
                "PGBACKREST_PG1_SOCKET_PATH": str(lay.run_dir)}  # fmt: skip
+        # pg1-path: plugin_restore restores into a directory of its own, not into PGDATA.
         argv = [sys.executable, "-m", "instance_manager.pgbackrest", "--socket-dir",
                 str(lay.plugins), "--work-dir", str(lay.root / "work"),
-                "--log-level", "warning"]  # fmt: skip
+                "--log-level", "warning", "--allow-option", "pg1-path"]  # fmt: skip
         as_postgres_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
         with open(lay.root / "sidecar.log", "wb") as out:
             proc = session.procs.popen(

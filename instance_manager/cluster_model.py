@@ -56,6 +56,17 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Base of every settings struct: unknown fields are errors, values are immutable."""
 
 
+# A line break would end a postgresql.conf, pg_hba.conf or pg_ident.conf line early (the
+# rest becomes a line of its own); PostgreSQL reads a NUL as the end of the text.
+LINE_BREAKS = frozenset("\n\r\0")
+
+
+def check_single_line(where: str, text: str) -> None:
+    """Refuse text that PostgreSQL will read from a configuration file if it breaks lines."""
+    if not LINE_BREAKS.isdisjoint(text):
+        raise ValueError(f"{where}: must not contain a line break (\\n, \\r) or NUL")
+
+
 NonNegative = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(ge=1)]
 Name = Annotated[str, Meta(min_length=1, max_length=63)]
@@ -70,6 +81,9 @@ class Metadata(Strict, frozen=True):
     resourceVersion: str | None = None
     generation: int | None = None
     creationTimestamp: str | None = None
+
+    def __post_init__(self) -> None:
+        check_single_line("name", self.name)  # PostgreSQL's cluster_name
 
 
 class InitDB(Strict, frozen=True):
@@ -87,6 +101,11 @@ class InitDB(Strict, frozen=True):
     secret: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
+        # initdb writes the locales into postgresql.conf.
+        for name in ("locale", "localeCollate", "localeCType", "encoding"):
+            check_single_line(name, getattr(self, name) or "")
+        for index, option in enumerate(self.options):
+            check_single_line(f"options[{index}]", option)
         size = self.walSegmentSize
         if size is not None and size & (size - 1):
             raise ValueError("walSegmentSize: must be a power of two (MB)")
@@ -102,20 +121,20 @@ class Bootstrap(Strict, frozen=True):
     pg_basebackup: dict[str, Any] | None = None
 
 
-_PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+# PostgreSQL's configuration-file lexer: a name, optionally with one dotted prefix.
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?")
 
 
 def _parameter_text(name: str, value: Any) -> str:
     """A parameter as PostgreSQL text; refuses what could break postgresql.conf."""
-    if not _PARAMETER_NAME.match(name):
+    if not _PARAMETER_NAME.fullmatch(name):  # "$" would let a final "\n" through
         raise ValueError(f"parameters: {name!r} is not a valid parameter name")
     if isinstance(value, bool):
         return "on" if value else "off"
     if not isinstance(value, str | int | float):
         raise ValueError(f"parameters: {name}: expected text, a number or a boolean, got {value!r}")
     text = str(value)
-    if any(c in text for c in "\n\r\0"):
-        raise ValueError(f"parameters: {name}: the value must be a single line")
+    check_single_line(f"parameters: {name}", text)
     return text
 
 
@@ -130,9 +149,13 @@ class PostgresConfiguration(Strict, frozen=True):
         # YAML turns `max_connections: 100` into an int; PostgreSQL wants text.
         text = {name: _parameter_text(name, value) for name, value in self.parameters.items()}
         force_setattr(self, "parameters", text)
-        for kind, lines in (("pg_hba", self.pg_hba), ("pg_ident", self.pg_ident)):
-            if any("\n" in line or "\r" in line for line in lines):
-                raise ValueError(f"{kind}: each rule must be a single line")
+        for kind, lines in (
+            ("pg_hba", self.pg_hba),
+            ("pg_ident", self.pg_ident),
+            ("shared_preload_libraries", self.shared_preload_libraries),
+        ):
+            for index, line in enumerate(lines):
+                check_single_line(f"{kind}[{index}]", line)
 
     @property
     def text_parameters(self) -> dict[str, str]:

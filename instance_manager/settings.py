@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, field
 
-from instance_manager.cluster_model import Cluster, Strict
+from instance_manager.cluster_model import Cluster, Strict, check_single_line
 from instance_manager.errors import SettingsError
 
 # Environment variable -> instance option, as CloudNativePG's pods set them.
@@ -63,6 +63,14 @@ class InstanceOptions(Strict, frozen=True):
     # Custom-query YAML files (the mounted ConfigMaps/Secrets of spec.monitoring).
     pluginTimeout: Annotated[float, Meta(gt=0)] = DEFAULT_PLUGIN_TIMEOUT
     metricsQueriesFiles: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Paths and addresses reach postgresql.conf, pg_ident.conf and postmaster.pid.
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str | Path):
+                    check_single_line(name, str(item))
 
 
 @dataclass(frozen=True)
@@ -155,7 +163,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 _UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`$")
-_NAMED = re.compile(r"^([A-Za-z_]\w*): (.+)$", re.DOTALL)
+_NAMED = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\])?): (.+)$", re.DOTALL)
 
 
 def _decode_hook(kind: type, value: Any) -> Any:

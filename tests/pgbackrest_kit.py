@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,10 +55,14 @@ def make_dir(path: Path) -> Path:
 
 
 class SidecarProcess:
-    """``python -m instance_manager.pgbackrest`` beside one test instance, as postgres."""
+    """``python -m instance_manager.pgbackrest`` beside one test instance, as postgres;
+    ``allow``: the options its command line enables (``--allow-option``)."""
 
-    def __init__(self, inst: Instance, *, pgdata: Path | None = None) -> None:
+    def __init__(
+        self, inst: Instance, *, pgdata: Path | None = None, allow: Sequence[str] = ()
+    ) -> None:
         self.inst = inst
+        self.allow = tuple(allow)
         self.socket_dir = inst.root / "plugins"
         self.work_dir = inst.root / "pbw"
         self.log_path = inst.root / "sidecar.log"
@@ -80,18 +84,31 @@ class SidecarProcess:
             "PGBACKREST_PG1_SOCKET_PATH": str(self.inst.socket_dir),
         }
 
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "instance_manager.pgbackrest", "--socket-dir",
+                str(self.socket_dir), "--work-dir", str(self.work_dir),
+                *(f"--allow-option={name}" for name in self.allow)]  # fmt: skip
+
     def start(self) -> SidecarProcess:
         make_dir(self.socket_dir)
-        argv = [sys.executable, "-m", "instance_manager.pgbackrest", "--socket-dir",
-                str(self.socket_dir), "--work-dir", str(self.work_dir)]  # fmt: skip
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=self.env(), cwd=REPO_ROOT,
-                user="postgres", group="postgres", extra_groups=[],
+                self.argv(), stdout=out, stderr=subprocess.STDOUT, env=self.env(),
+                cwd=REPO_ROOT, user="postgres", group="postgres", extra_groups=[],
             )  # fmt: skip
         started = time.monotonic()
         wait_for(lambda: self._listening(started), 30, "the pgBackRest sidecar's socket")
         return self
+
+    def refused(self, **env: str) -> tuple[int, list[dict[str, Any]]]:
+        """Start it expecting it to exit before serving: (exit status, its log lines)."""
+        make_dir(self.socket_dir)
+        done = subprocess.run(
+            self.argv(), capture_output=True, env=self.env() | env, cwd=REPO_ROOT, timeout=60,
+            user="postgres", group="postgres", extra_groups=[],
+        )  # fmt: skip
+        lines = [json.loads(raw) for raw in done.stdout.splitlines() if raw.startswith(b"{")]
+        return done.returncode, lines
 
     def _listening(self, since: float) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -87,10 +87,10 @@ def test_configuration_errors_are_clear() -> None:
         resolver.own(disabled)
 
 
-def recovering_cluster(pgdata: Path) -> dict[str, Any]:
-    source = {"name": PLUGIN_NAME, "parameters": {"stanza": "origin", "pg1-path": str(pgdata)}}
+def recovering_cluster() -> dict[str, Any]:
+    source = {"name": PLUGIN_NAME, "parameters": {"stanza": "origin"}}
     return cluster(
-        {"stanza": "own", "pg1-path": str(pgdata)},
+        {"stanza": "own"},
         externalClusters=[{"name": "src", "plugin": source}],
         bootstrap={"recovery": {"source": "src"}},
     )
@@ -99,8 +99,8 @@ def recovering_cluster(pgdata: Path) -> dict[str, Any]:
 def test_wal_comes_from_the_recovery_source_only_while_recovery_signal_exists(
     tmp_path: Path,
 ) -> None:
-    resolver = Resolver(PLUGIN_NAME, {}, WORK)
-    doc = recovering_cluster(tmp_path)
+    resolver = Resolver(PLUGIN_NAME, {"PGDATA": str(tmp_path)}, WORK)
+    doc = recovering_cluster()
     assert resolver.for_wal_restore(doc).stanza == "own"  # a standby, or promoted
     (tmp_path / "recovery.signal").touch()
     assert resolver.for_wal_restore(doc).stanza == "origin"

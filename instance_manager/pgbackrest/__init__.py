@@ -12,12 +12,17 @@ Configuration, read again on every request (so a changed Cluster applies at once
 - the sidecar's ``PGBACKREST_*`` environment variables (parameters win).
 
 A parameter is a pgBackRest option, spelled as in pgbackrest.conf (``repo1-path``) or in
-camelCase (``repo1Path``): it becomes ``PGBACKREST_REPO1_PATH`` for pgBackRest. ``stanza``
-is required (parameter or ``PGBACKREST_STANZA``). One parameter is the plugin's own:
-``createStanza`` ("true" by default): create the stanza on first use when pgBackRest's
-``info`` reports it missing. The options a request decides (``type``, ``set``,
-``target``...) cannot be parameters. ``PGDATA`` (the sidecar's environment) is
-``pg1-path`` unless given.
+camelCase (``repo1Path``): it becomes ``PGBACKREST_REPO1_PATH`` for pgBackRest. Only the
+options on the plugin's allowlist are accepted (repository, credentials, encryption,
+compression, retention, parallelism, timeouts: allowlist.py); an option that runs programs
+or names local paths (``cmd-ssh``, ``repo1-host``, ``pg1-path``, ``spool-path``...) is
+refused, naming it, unless the sidecar was started with ``--allow-option NAME``. The
+sidecar's own ``PGBACKREST_*`` variables are not restricted. ``stanza`` is required
+(parameter or ``PGBACKREST_STANZA``). One parameter is the plugin's own: ``createStanza``
+("true" by default): create the stanza on first use when pgBackRest's ``info`` reports it
+missing. The options a request decides (``type``, ``set``, ``target``...) cannot be
+parameters. ``PGDATA`` (the sidecar's environment) is ``pg1-path`` unless given. The work
+directory and the lock and spool directories must be private to the sidecar's account.
 """
 
 from __future__ import annotations

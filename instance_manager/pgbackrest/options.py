@@ -4,7 +4,9 @@ pgBackRest reads every option from ``PGBACKREST_<OPTION>`` variables and ignores
 a command does not use, so one environment serves every command: no configuration file
 is written, and nothing of the request ends up on a command line (secrets stay out of
 ``ps``). Sources, later ones winning: our defaults, the sidecar's ``PGBACKREST_*``
-variables, the Cluster's plugin parameters.
+variables, the Cluster's plugin parameters; a parameter must pass the allowlist
+(allowlist.py), and the lock and spool directories must be private to the sidecar
+(workdir.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from instance_manager.pgbackrest import workdir
+from instance_manager.pgbackrest.allowlist import OptionPolicy
+
 ENV_PREFIX = "PGBACKREST_"
 # Variables a pgbackrest process inherits from the sidecar besides PGBACKREST_*.
 INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -25,23 +30,6 @@ DEFAULTS = {
     "log-level-console": "off",  # stdout then carries only a command's output (info's JSON)
     "log-level-stderr": "warn",  # warnings and errors, which we log
 }
-# Options a request decides: refused as parameters so that they cannot silently change
-# what every backup or restore does.
-PER_REQUEST = frozenset(
-    {
-        "annotation",
-        "delta",
-        "force",
-        "output",
-        "recovery-option",
-        "set",
-        "target",
-        "target-action",
-        "target-exclusive",
-        "target-timeline",
-        "type",
-    }
-)
 CREATE_STANZA = "createStanza"  # the one parameter that is not a pgBackRest option
 RECOVERY_SIGNAL = "recovery.signal"
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -52,6 +40,14 @@ _FALSE = frozenset({"false", "no", "n", "off", "0"})
 
 class ConfigError(Exception):
     """The plugin's configuration is missing or wrong: the request cannot be served."""
+
+
+class OptionRefused(ConfigError):
+    """A parameter names a pgBackRest option that the Cluster may not set."""
+
+
+# Directories pgBackRest writes its state into, checked before every run.
+PRIVATE_DIRS = ("lock-path", "spool-path")
 
 
 def option_name(key: str) -> str:
@@ -160,14 +156,33 @@ def recovery_source(cluster: Mapping[str, Any], name: str) -> tuple[str, dict[st
     return None
 
 
+def check_private_dirs(env: Mapping[str, str]) -> None:
+    """ConfigError when an existing lock or spool directory is not private to the sidecar."""
+    for option in PRIVATE_DIRS:
+        path = env.get(env_name(option))
+        if path:
+            try:
+                workdir.check(Path(path), option)
+            except workdir.UnsafeDirectory as exc:
+                raise ConfigError(str(exc)) from None
+
+
 # -- resolution -----------------------------------------------------------------------------
 
 
 class Resolver:
     """Builds the :class:`Config` of a request from the Cluster and the sidecar's environment."""
 
-    def __init__(self, name: str, environ: Mapping[str, str], work_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        environ: Mapping[str, str],
+        work_dir: Path,
+        policy: OptionPolicy | None = None,
+    ) -> None:
         self.name = name
+        self.work_dir = work_dir
+        self.policy = policy or OptionPolicy()
         base = {k: environ[k] for k in INHERITED if k in environ}
         base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         defaults = {
@@ -182,22 +197,29 @@ class Resolver:
         self.base: Mapping[str, str] = base
 
     def build(self, parameters: Mapping[str, Any], origin: str) -> Config:
+        """The Config of ``parameters``; ConfigError (OptionRefused naming every refused
+        parameter) when they cannot be used as they are."""
         env = dict(self.base)
         create = True
-        for key, value in parameters.items():
+        refused = []
+        for key, value in sorted(parameters.items()):
             text = text_value(key, value)
             if key == CREATE_STANZA:
                 create = flag(key, text)
                 continue
             option = option_name(key)
-            if option in PER_REQUEST:
-                raise ConfigError(f"parameter {key!r}: {option} is chosen per request")
+            refusal = self.policy.refusal(key, option, origin)
+            if refusal is not None:
+                refused.append(refusal)
             env[env_name(option)] = text
+        if refused:
+            raise OptionRefused("; ".join(refused))
         stanza = env.get(env_name("stanza"), "")
         if not stanza:
             raise ConfigError(
                 f"no stanza configured ({origin}: parameter 'stanza' or PGBACKREST_STANZA)"
             )
+        check_private_dirs(env)
         return Config(stanza, env, create, origin)
 
     def own(self, cluster: Mapping[str, Any]) -> Config:

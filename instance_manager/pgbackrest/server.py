@@ -1,9 +1,11 @@
 """The sidecar process: one grpc.aio server on ``SOCKET_DIR/<plugin name>`` until SIGTERM.
 
     python -m instance_manager.pgbackrest --socket-dir DIR [--name N] [--work-dir W]
+        [--allow-option NAME]...
 
 Exit status: 0 after a clean stop, 1 when it cannot serve (no pgbackrest program, socket
-not bindable), 2 for a usage error.
+not bindable), 2 for a usage error or a work, lock or spool directory that is not private
+to the sidecar's account.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from types import TracebackType
 import grpc
 
 from instance_manager import log
-from instance_manager.pgbackrest import PLUGIN_NAME, PLUGIN_VERSION
+from instance_manager.errors import EXIT_FAILURE, EXIT_INVALID_SETTINGS, EXIT_OK
+from instance_manager.pgbackrest import PLUGIN_NAME, PLUGIN_VERSION, workdir
+from instance_manager.pgbackrest.allowlist import OptionPolicy
 from instance_manager.pgbackrest.backup import BackupService
 from instance_manager.pgbackrest.identity import IdentityService, health_handler
 from instance_manager.pgbackrest.metrics import MetricsService
-from instance_manager.pgbackrest.options import Config, Resolver
+from instance_manager.pgbackrest.options import Config, ConfigError, Resolver, check_private_dirs
 from instance_manager.pgbackrest.restore import RestoreService
 from instance_manager.pgbackrest.runner import INFO_TIMEOUT, CommandFailed, Runner
 from instance_manager.pgbackrest.sidecar import Sidecar
@@ -118,6 +122,14 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     parser.add_argument("--name", default=PLUGIN_NAME, help=f"plugin name [{PLUGIN_NAME}]")
     parser.add_argument("--work-dir", type=Path, help="lock files and spool [/controller/tmp/...]")
     parser.add_argument("--pgbackrest", help="the pgbackrest program [found in PATH]")
+    parser.add_argument(
+        "--allow-option",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="let the Cluster's parameters set this pgBackRest option although it runs "
+        "programs or names local paths (repeatable; repo-host enables repo1-host, ...)",
+    )
     parser.add_argument("--pod-name", default=environ.get("POD_NAME") or socket.gethostname())
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -132,29 +144,50 @@ async def pgbackrest_version(runner: Runner, resolver: Resolver) -> str:
     return done.stdout.strip().removeprefix("pgBackRest ").strip()
 
 
+def prepare_resolver(args: argparse.Namespace, environ: Mapping[str, str]) -> Resolver:
+    """The resolver, once the work directory and the configured lock and spool directories
+    are known to be private (raises ValueError, ConfigError or workdir.UnsafeDirectory)."""
+    policy = OptionPolicy(args.allow_option)
+    work_dir = args.work_dir or default_work_dir(environ)
+    workdir.prepare(work_dir)
+    resolver = Resolver(args.name, environ, work_dir, policy)
+    check_private_dirs(resolver.base)
+    return resolver
+
+
 async def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     binary = args.pgbackrest or shutil.which("pgbackrest", path=environ.get("PATH"))
     if not binary:
         log.event(_logger, "no pgbackrest program in PATH", logging.ERROR)
-        return 1
-    work_dir = args.work_dir or default_work_dir(environ)
-    work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    runner, resolver = Runner(binary), Resolver(args.name, environ, work_dir)
+        return EXIT_FAILURE
+    try:
+        resolver = prepare_resolver(args, environ)
+    except (ValueError, ConfigError, workdir.UnsafeDirectory) as exc:
+        log.event(_logger, "refusing to start", logging.ERROR, error=str(exc))
+        return EXIT_INVALID_SETTINGS
+    runner = Runner(binary)
     try:
         version = await pgbackrest_version(runner, resolver)
     except CommandFailed as exc:
         log.event(_logger, "pgbackrest does not run", logging.ERROR, error=str(exc))
-        return 1
+        return EXIT_FAILURE
     sidecar = Sidecar(args.name, PLUGIN_VERSION, runner, resolver, args.pod_name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.event(_logger, "starting", pgbackrest=binary, version=version, work_dir=str(work_dir))
+    log.event(
+        _logger,
+        "starting",
+        pgbackrest=binary,
+        version=version,
+        work_dir=str(resolver.work_dir),
+        allowed_options=sorted(resolver.policy.enabled),
+    )
     async with PluginServer(sidecar, args.socket_dir, {"pgbackrestVersion": version}):
         await stop.wait()
     log.event(_logger, "stopped")
-    return 0
+    return EXIT_OK
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
@@ -162,10 +195,10 @@ def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     try:
         args = parse_args(argv, env)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code if isinstance(exc.code, int) else EXIT_INVALID_SETTINGS
     log.setup(args.pod_name, getattr(logging, args.log_level.upper()))
     try:
         return asyncio.run(serve(args, env))
     except OSError as exc:
         log.event(_logger, "cannot serve", logging.ERROR, error=str(exc))
-        return 1
+        return EXIT_FAILURE

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from instance_manager import log
+from instance_manager.postgres import parameters
 from instance_manager.settings import Settings
 
 CUSTOM_CONF = "custom.conf"
@@ -41,68 +42,6 @@ DEFAULT_PARAMETERS: dict[str, str] = {
     "wal_sender_timeout": "5s",
 }
 
-# Parameters the manager owns: a user value is ignored with a warning, never applied.
-MANAGED_PARAMETERS = frozenset(
-    {
-        "allow_system_table_mods",
-        "archive_cleanup_command",
-        "archive_command",
-        "archive_mode",
-        "cluster_name",
-        "config_file",
-        "data_directory",
-        "external_pid_file",
-        "hba_file",
-        "hot_standby",
-        "ident_file",
-        "listen_addresses",
-        "log_destination",
-        "log_directory",
-        "log_file_mode",
-        "log_filename",
-        "log_rotation_age",
-        "log_rotation_size",
-        "log_truncate_on_rotation",
-        "logging_collector",
-        "port",
-        "primary_conninfo",
-        "primary_slot_name",
-        "promote_trigger_file",
-        "recovery_end_command",
-        "recovery_min_apply_delay",
-        "recovery_target",
-        "recovery_target_action",
-        "recovery_target_inclusive",
-        "recovery_target_lsn",
-        "recovery_target_name",
-        "recovery_target_time",
-        "recovery_target_timeline",
-        "recovery_target_xid",
-        "restart_after_crash",
-        "restore_command",
-        "shared_preload_libraries",
-        "ssl",
-        "ssl_ca_file",
-        "ssl_cert_file",
-        "ssl_crl_dir",
-        "ssl_crl_file",
-        "ssl_dh_params_file",
-        "ssl_key_file",
-        "ssl_passphrase_command",
-        "ssl_passphrase_command_supports_reload",
-        "stats_temp_directory",
-        "synchronous_standby_names",
-        "syslog_facility",
-        "syslog_ident",
-        "syslog_sequence_numbers",
-        "syslog_split_messages",
-        "temp_tablespaces",
-        "unix_socket_directories",
-        "unix_socket_group",
-        "unix_socket_permissions",
-    }
-)
-
 _logger = log.get()
 
 
@@ -110,7 +49,8 @@ _logger = log.get()
 class RenderedConfig:
     custom_conf: str
     sha256: str
-    ignored: tuple[str, ...] = field(default=())
+    ignored: tuple[str, ...] = field(default=())  # names the manager owns
+    refused: tuple[parameters.Refusal, ...] = field(default=())  # values not applied
 
 
 def quote(value: str) -> str:
@@ -180,14 +120,23 @@ def mandatory_parameters(settings: Settings) -> dict[str, str]:
     return params
 
 
-def render_custom_conf(settings: Settings) -> RenderedConfig:
-    """defaults -> user parameters (managed ones dropped) -> mandatory, then the hash."""
+def render_custom_conf(settings: Settings, data_checksums: bool = False) -> RenderedConfig:
+    """defaults -> user parameters (owned ones and refused values dropped) -> mandatory.
+
+    ``data_checksums``: the data directory has page checksums (pg_control says so), so
+    ``wal_log_hints = off`` is safe for pg_rewind.
+    """
     params = dict(DEFAULT_PARAMETERS)
     ignored = []
+    refused = []
     for name, value in settings.cluster.spec.postgresql.text_parameters.items():
         key = name.lower()
-        if key in MANAGED_PARAMETERS or key.startswith("cnpg."):
+        if parameters.is_owned(key):
             ignored.append(name)
+            continue
+        reason = parameters.refusal_reason(key, value, data_checksums)
+        if reason is not None:
+            refused.append(parameters.Refusal(name, value, reason, DEFAULT_PARAMETERS[key]))
             continue
         params[key] = value
     params.update(mandatory_parameters(settings))
@@ -198,7 +147,9 @@ def render_custom_conf(settings: Settings) -> RenderedConfig:
         + body
         + f"{HASH_PARAMETER} = {quote(digest)}\n"
     )
-    return RenderedConfig(custom_conf=text, sha256=digest, ignored=tuple(ignored))
+    return RenderedConfig(
+        custom_conf=text, sha256=digest, ignored=tuple(ignored), refused=tuple(refused)
+    )
 
 
 def os_user() -> str:
@@ -280,10 +231,8 @@ def ensure_includes(pgdata: Path) -> bool:
     return write_atomic(conf, text, 0o600)
 
 
-def write_all(settings: Settings) -> tuple[RenderedConfig, bool]:
-    """Write every managed file; returns the rendered custom.conf and whether any changed."""
-    pgdata = settings.pgdata
-    rendered = render_custom_conf(settings)
+def log_dropped(rendered: RenderedConfig) -> None:
+    """One warning for each user parameter that did not reach custom.conf."""
     for name in rendered.ignored:
         log.event(
             _logger,
@@ -291,6 +240,23 @@ def write_all(settings: Settings) -> tuple[RenderedConfig, bool]:
             logging.WARNING,
             parameter=name,
         )
+    for refusal in rendered.refused:
+        log.event(
+            _logger,
+            "refusing a parameter value",
+            logging.WARNING,
+            parameter=refusal.parameter,
+            value=refusal.value,
+            reason=refusal.reason,
+            used=refusal.used,
+        )
+
+
+def write_all(settings: Settings, data_checksums: bool = False) -> tuple[RenderedConfig, bool]:
+    """Write every managed file; returns the rendered custom.conf and whether any changed."""
+    pgdata = settings.pgdata
+    rendered = render_custom_conf(settings, data_checksums)
+    log_dropped(rendered)
     changed = write_atomic(pgdata / CUSTOM_CONF, rendered.custom_conf)
     changed |= write_atomic(pgdata / OVERRIDE_CONF, render_override_conf(settings))
     changed |= write_atomic(pgdata / "pg_hba.conf", render_pg_hba(settings))

@@ -7,6 +7,7 @@ from instance_manager.settings import Settings
 
 STATE_KEY = "Database cluster state"
 SEGMENT_SIZE_KEY = "Bytes per WAL segment"
+CHECKSUM_KEY = "Data page checksum version"  # "0": no page checksums
 
 
 def parse(output: str) -> dict[str, str]:

@@ -68,6 +68,7 @@ class Lifecycle:
         self.pm: Postmaster | None = None
         self.stopped_by: shutdown.Stage | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # keeps fire-and-forget tasks alive
+        self._data_checksums = False  # from pg_control; decides if wal_log_hints may be off
 
     # -- commands (signal handlers call these; they only set events) --
     def request_stop(self) -> None:
@@ -144,9 +145,9 @@ class Lifecycle:
         if not bootstrap.is_initialised(s.pgdata):
             self.spawned.set()
             await bootstrap.initdb(s)
-        rendered, _ = config.write_all(s)
-        self.state.written_config_hash = rendered.sha256
         await self._check_wal_space()
+        rendered, _ = config.write_all(s, self._data_checksums)
+        self.state.written_config_hash = rendered.sha256
         self._stderr.clear()
         pm = await postmaster.start(s, self._stderr.append)
         self.pm = pm
@@ -205,6 +206,7 @@ class Lifecycle:
         values, raw = await controldata.read(self.settings)
         log.event(log.get("pg_controldata"), "postmaster start up", output=raw)
         segment = int(values.get(controldata.SEGMENT_SIZE_KEY, "16777216"))
+        self._data_checksums = values.get(controldata.CHECKSUM_KEY, "0") != "0"
         self.state.wal_segment_size = segment
         fs = os.statvfs(self.settings.pgdata / "pg_wal")
         free = fs.f_bavail * fs.f_frsize
@@ -256,7 +258,7 @@ class Lifecycle:
             kubernetes=self.settings.kubernetes,
             pg_bin=self.settings.pg_bin,
         )
-        rendered, changed = config.write_all(self.settings)
+        rendered, changed = config.write_all(self.settings, self._data_checksums)
         self.state.written_config_hash = rendered.sha256
         log.event(_logger, "configuration reload requested", changed=changed)
         pm.signal(signal.SIGHUP)
