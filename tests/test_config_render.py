@@ -283,24 +283,23 @@ def test_quoted_values_round_trip_through_custom_conf(tmp_root: Path) -> None:
     assert {name: values[name] for name in user} == user
 
 
-def test_parameter_name_cannot_override_managed_settings(tmp_root: Path) -> None:
-    # Lower-cased, this name sorts after "port", so its second line would win.
-    crafted = {"port = 6543\nwork_mem": "4MB"}
-    try:
-        rendered = render(tmp_root, crafted)
-    except SettingsError as exc:  # refusing the name is a fine answer too
-        assert "spec.postgresql.parameters" in str(exc)
-        return
-    assert effective(rendered.custom_conf)["port"] == str(PORT)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "port = 6543\nwork_mem",  # lower-cased, it sorts after "port": its line would win
+        "work_mem\n",  # a pattern ending in "$" lets a final newline through
+        "work_mem\0",
+    ],
+)
+def test_parameter_name_cannot_override_managed_settings(tmp_root: Path, name: str) -> None:
+    with pytest.raises(SettingsError, match=r"spec\.postgresql\.parameters: .* valid parameter"):
+        render(tmp_root, {name: "4MB"})
 
 
-def test_value_with_newline_keeps_custom_conf_parseable(tmp_root: Path) -> None:
-    try:
-        rendered = render(tmp_root, {"application_name": "line1\nline2"})
-    except SettingsError as exc:
-        assert "spec.postgresql.parameters" in str(exc)
-        return
-    assert effective(rendered.custom_conf)["application_name"] == "line1\nline2"
+@pytest.mark.parametrize("value", ["line1\nline2", "line1\rline2", "nul\0"])
+def test_value_with_line_break_is_refused(tmp_root: Path, value: str) -> None:
+    with pytest.raises(SettingsError, match=r"spec\.postgresql\.parameters\.application_name"):
+        render(tmp_root, {"application_name": value})
 
 
 # --- write_atomic / ensure_includes --------------------------------------------------------
