@@ -31,6 +31,7 @@ def wal_deadline(current: Settings) -> float:
 # flag destination -> settings field (None values are "not given")
 _RUN_FLAGS = {
     "pg_data": "pgData",
+    "wal_dir": "walDir",
     "pod_name": "podName",
     "cluster_name": "clusterName",
     "namespace": "namespace",
@@ -53,6 +54,10 @@ def _run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="supervise PostgreSQL (the pod's PID 1)")
     run.add_argument("--config", type=Path, help="Cluster resource (YAML or JSON)")
     run.add_argument("--pg-data", help="data directory [env PGDATA]")
+    run.add_argument(
+        "--wal-dir",
+        help="pg_wal outside PGDATA [/var/lib/postgresql/wal/pg_wal with spec.walStorage]",
+    )
     run.add_argument("--pod-name", help="this instance's name [env POD_NAME; host name]")
     run.add_argument("--cluster-name", help="cluster name [env CLUSTER_NAME]")
     run.add_argument("--namespace", help="namespace [env NAMESPACE]")

@@ -31,6 +31,8 @@ ENV_OPTIONS = {
     "PLUGIN_SOCKET_DIR": "pluginSocketDir",
 }
 ENV_METADATA = {"CLUSTER_NAME": "name", "NAMESPACE": "namespace"}
+# Where CloudNativePG mounts the WAL volume of spec.walStorage, and puts pg_wal in it.
+CNPG_WAL_DIR = Path("/var/lib/postgresql/wal/pg_wal")
 
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -43,6 +45,9 @@ class InstanceOptions(Strict, frozen=True):
     """Options of this pod's manager (not part of the Cluster resource)."""
 
     pgData: Path
+    # pg_wal outside PGDATA (PGDATA/pg_wal becomes a symlink to it); defaults to
+    # CNPG_WAL_DIR when spec.walStorage is set.
+    walDir: Path | None = None
     podName: Annotated[str, Meta(min_length=1)] = field(default_factory=socket.gethostname)
     pgBin: Path | None = None
     port: Annotated[int, Meta(ge=1, le=65535)] = 5432
@@ -108,9 +113,17 @@ class Settings:
         return self.instance.scratchDir / "wal-archive-spool"
 
     @property
+    def wal_dir(self) -> Path | None:
+        """pg_wal's own directory, or None when pg_wal lives inside PGDATA."""
+        if self.instance.walDir is not None:
+            return self.instance.walDir
+        return CNPG_WAL_DIR if self.cluster.spec.walStorage is not None else None
+
+    @property
     def restore_spool(self) -> Path:
-        """Prefetched WAL, beside PGDATA: same filesystem, so handing over is a rename."""
-        return self.pgdata.parent / "wal-restore-spool"
+        """Prefetched WAL, beside pg_wal's directory (the WAL volume) or beside PGDATA:
+        on pg_wal's filesystem, so handing a file over is a rename."""
+        return (self.wal_dir or self.pgdata).parent / "wal-restore-spool"
 
     @property
     def on_postmaster_exit(self) -> Literal["exit", "restart"]:
@@ -197,6 +210,15 @@ def _fail(message: str) -> Any:
     raise SettingsError(f"invalid settings: {message}")
 
 
+def _check_wal_dir(settings: Settings) -> Settings:
+    wal, pgdata = settings.wal_dir, settings.pgdata
+    if wal is not None and (wal.is_relative_to(pgdata) or pgdata.is_relative_to(wal)):
+        raise SettingsError(
+            f"invalid settings: instance.walDir: {wal} must be outside PGDATA ({pgdata})"
+        )
+    return settings
+
+
 def load(
     config_file: Path | None,
     env: Mapping[str, str],
@@ -227,7 +249,7 @@ def load(
     if "pgData" not in options:
         raise SettingsError("invalid settings: instance.pgData: required (--pg-data or PGDATA)")
     cluster: Cluster = _convert(document, Cluster, "")
-    for key in ("pgData", "scratchDir", "pluginSocketDir"):
+    for key in ("pgData", "walDir", "scratchDir", "pluginSocketDir"):
         if isinstance(options.get(key), str | Path) and str(options[key]):
             options[key] = str(Path(options[key]).absolute())
     instance: InstanceOptions = _convert(options, InstanceOptions, "instance.")
@@ -237,9 +259,10 @@ def load(
             f"invalid settings: instance.scratchDir: socket path {socket_path} is too long "
             "(Unix sockets need fewer than 100 bytes)"
         )
-    return Settings(
+    settings = Settings(
         cluster=cluster,
         instance=instance,
         kubernetes=bool(env.get("KUBERNETES_SERVICE_HOST")),
         pg_bin=find_pg_bin(instance.pgBin),
     )
+    return _check_wal_dir(settings)

@@ -55,15 +55,22 @@ def initdb_argv(settings: Settings) -> list[str]:
         argv.append("--data-checksums")
     if init.walSegmentSize:
         argv.append(f"--wal-segsize={init.walSegmentSize}")
+    if settings.wal_dir is not None:
+        argv.append(f"--waldir={settings.wal_dir}")
     return argv + list(init.options)
 
 
 async def initdb(settings: Settings) -> None:
     """Create a new data directory in an empty (or absent) PGDATA."""
-    pgdata = settings.pgdata
+    pgdata, wal_dir = settings.pgdata, settings.wal_dir
     if pgdata.exists() and any(pgdata.iterdir()):
         raise SettingsError(
             f"instance.pgData: {pgdata} is neither empty nor a PostgreSQL data directory"
+        )
+    if wal_dir is not None and wal_dir.is_dir() and any(wal_dir.iterdir()):
+        raise SettingsError(
+            f"instance.walDir: {wal_dir} is not empty, and PGDATA {pgdata} is: "
+            "initdb needs both empty"
         )
     pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
     argv = initdb_argv(settings)

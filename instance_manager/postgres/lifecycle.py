@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, LiteralString
 
 from instance_manager import log
 from instance_manager.errors import NoWALSpaceError, PostmasterExited, SettingsError
-from instance_manager.postgres import bootstrap, config, controldata, postmaster, shutdown
+from instance_manager.postgres import (
+    bootstrap,
+    config,
+    controldata,
+    postmaster,
+    shutdown,
+    waldir,
+)
 from instance_manager.postgres import sql as pgsql
 from instance_manager.postgres.postmaster import Postmaster
 from instance_manager.settings import Settings
@@ -145,6 +152,7 @@ class Lifecycle:
         if not bootstrap.is_initialised(s.pgdata):
             self.spawned.set()
             await bootstrap.initdb(s)
+        await asyncio.to_thread(waldir.place, s)  # pg_wal onto the WAL volume, if any
         await self._check_wal_space()
         rendered, _ = config.write_all(s, self._data_checksums)
         self.state.written_config_hash = rendered.sha256
