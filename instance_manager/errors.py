@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID_SETTINGS = 2
@@ -62,3 +64,36 @@ class PluginError(InstanceManagerError):
 
 class WalNotFound(PluginError):
     """No plugin has the requested WAL file (PostgreSQL then tries streaming or stops)."""
+
+
+class ListenError(InstanceManagerError):
+    """A server could not bind its address: says which address and why."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        self.host = host
+        self.port = port
+        self.cause = cause
+        # asyncio's message repeats the address inside its own wording; errno says it plainly.
+        if cause.errno is not None and cause.errno > 0:
+            reason = os.strerror(cause.errno)
+        else:
+            reason = cause.strerror or str(cause) or type(cause).__name__
+        reason = reason[:1].lower() + reason[1:]
+        super().__init__(f"cannot listen on {host or '*'}:{port}: {reason}")
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what failed and why, for a log line or an answer.
+
+    Exception groups are unwrapped to the exceptions inside them (a TaskGroup wraps even
+    a single failure in one, whose own message says only how many there are); repeated
+    messages are given once. Our own errors and OSErrors carry their message as is; any
+    other exception is prefixed with its class name, since ``KeyError('x')`` says just ``'x'``.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        parts = dict.fromkeys(describe(inner) for inner in exc.exceptions)
+        return "; ".join(parts)
+    text = " ".join(str(exc).split())
+    if isinstance(exc, InstanceManagerError | OSError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from instance_manager.errors import describe
+
 _POD_NAME = ""
 _LEVELS = {
     logging.DEBUG: "debug",
@@ -38,7 +40,9 @@ class JsonFormatter(logging.Formatter):
         if isinstance(fields, dict):
             line.update(fields)
         if record.exc_info and record.exc_info[1] is not None:
-            line["error"] = repr(record.exc_info[1])
+            exc = record.exc_info[1]
+            # A group's repr counts its exceptions; what failed is inside it.
+            line["error"] = describe(exc) if isinstance(exc, BaseExceptionGroup) else repr(exc)
         return json.dumps(line, default=str, separators=(",", ":"))
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from instance_manager import config_watch, log
 from instance_manager.cluster_model import Cluster
-from instance_manager.errors import EXIT_FAILURE, EXIT_OK, InstanceManagerError
+from instance_manager.errors import EXIT_FAILURE, EXIT_OK, InstanceManagerError, describe
 from instance_manager.postgres import config
 from instance_manager.postgres.lifecycle import Lifecycle
 from instance_manager.postgres.logpipe import LogPipes
@@ -144,7 +144,7 @@ class Supervisor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.event(_logger, f"{name} failed; stopping", logging.ERROR, error=str(exc))
+            log.event(_logger, f"{name} failed; stopping", logging.ERROR, error=describe(exc))
             self.exit_code = EXIT_FAILURE
             self.lifecycle.request_stop()
 
@@ -156,7 +156,10 @@ class Supervisor:
             raise
         except Exception as exc:
             log.event(
-                _logger, f"{name} failed; PostgreSQL keeps running", logging.ERROR, error=str(exc)
+                _logger,
+                f"{name} failed; PostgreSQL keeps running",
+                logging.ERROR,
+                error=describe(exc),
             )
 
     async def _metrics(self) -> None:

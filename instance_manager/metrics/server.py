@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from instance_manager import log
+from instance_manager import httpd, log
 from instance_manager.metrics import METRICS_PATH
 from instance_manager.metrics.collector import Collector
 from instance_manager.metrics.connections import Connector
@@ -67,15 +67,13 @@ class MetricsServer:
 
     async def run(self) -> None:
         s = self.settings()
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = httpd.runner(self.app())
         await runner.setup()
         tasks: list[asyncio.Task[None]] = []
         try:
             tls = await self._tls(s) if s.instance.metricsPortTLS else None
             host, port = s.instance.statusHost, s.instance.metricsPort
-            site = web.TCPSite(runner, host or None, port, ssl_context=tls, reuse_address=True)
-            await site.start()
-            self.port = int(runner.addresses[0][1]) if runner.addresses else port
+            self.port = await httpd.listen(runner, host, port, tls)  # ListenError says why not
             log.event(
                 _logger, "metrics server listening", host=host or "*", port=self.port, tls=bool(tls)
             )

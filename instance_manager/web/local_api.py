@@ -1,6 +1,6 @@
 """The local API (127.0.0.1 only, CNPG's port 8010): what the pod's own commands ask for.
 
-- ``GET /cache/cluster``: the Cluster resource the daemon holds (JSON);
+- ``GET /cache/cluster``: the Cluster resource the daemon holds (JSON; GET and HEAD only);
 - ``GET /cache/wal-archive``, ``/cache/wal-restore``, ``/cache/wal-restore-config``: values
   a reconciler caches for the WAL commands; 404 while nothing is cached (any other key: 404);
 - ``/pg/backup?name=<backup>``: start a plugin backup (200 ``OK``; 400 no name, unknown
@@ -24,7 +24,9 @@ from aiohttp import web
 from instance_manager.settings import Settings
 from instance_manager.web import routes
 from instance_manager.web.jsonapi import (
+    PARSE_ERROR,
     RequestError,
+    decode_json,
     decode_object,
     plain_error,
     read_body,
@@ -95,7 +97,7 @@ class LocalApi:
         self.cache: dict[str, Any] = {}  # wal-archive, wal-restore, wal-restore-config
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_route("*", routes.CACHE_PREFIX + "{key:.*}", self.cached)
+        app.router.add_get(routes.CACHE_PREFIX + "{key:.*}", self.cached)
         app.router.add_route("*", routes.PG_BACKUP, self.backup)
         app.router.add_route("*", routes.WAL_ARCHIVE_CONDITION, self.wal_archive_condition)
 
@@ -146,10 +148,7 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     """The optional Backup resource in a body; RequestError 400 when it is not an object."""
     if not raw.strip():
         return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise RequestError(400, "FAILED_TO_PARSE_REQUEST", "the body is not JSON") from None
+    value = decode_json(raw)
     if not isinstance(value, dict):
-        raise RequestError(400, "FAILED_TO_PARSE_REQUEST", "the body must be a Backup object")
+        raise RequestError(400, PARSE_ERROR, "the body must be a Backup object")
     return value

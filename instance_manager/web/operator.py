@@ -49,8 +49,9 @@ class OperatorApi:
 
     def add_routes(self, app: web.Application) -> None:
         protect = self.auth.protect
-        app.router.add_route("*", routes.PG_STATUS, self.pg_status)
-        app.router.add_route("*", routes.PG_CONTROLDATA, protect(self.pg_controldata))
+        # Read-only: GET and HEAD, 405 with an Allow header otherwise.
+        app.router.add_get(routes.PG_STATUS, self.pg_status)
+        app.router.add_get(routes.PG_CONTROLDATA, protect(self.pg_controldata))
         app.router.add_route("*", routes.PG_MODE_BACKUP, protect(self.backup.handle))
         app.router.add_route("*", routes.PG_ARCHIVE_PARTIAL, protect(self.partial.handle))
         app.router.add_route("*", routes.UPDATE, protect(self.updater.handle))

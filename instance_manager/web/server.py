@@ -10,9 +10,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from instance_manager import log
+from instance_manager import httpd, log
+from instance_manager.errors import describe
+from instance_manager.httpd import PAYLOAD_ERRORS, one_line, payload_reason
 from instance_manager.web import routes
-from instance_manager.web.jsonapi import MAX_JSON_BODY, plain_error
+from instance_manager.web.jsonapi import MAX_JSON_BODY, REASON, RequestError, plain_error
 from instance_manager.web.liveness import Liveness
 from instance_manager.web.local_api import LocalApi
 from instance_manager.web.operator import OperatorApi
@@ -21,9 +23,6 @@ from instance_manager.web.probes import Checker
 Handler = Callable[[], Awaitable[tuple[int, str]]]
 RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPENAPI_FILE = Path(__file__).with_name("openapi.json")
-# On the way out, requests still running get this long to finish (aiohttp's default, 60 s,
-# would hold the daemon's exit back behind a slow client).
-SHUTDOWN_TIMEOUT = 2.0
 _logger = log.get()
 
 
@@ -40,12 +39,25 @@ async def _failsafe() -> tuple[int, str]:
 
 
 @web.middleware
-async def _unexpected_errors(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
-    """A bug in a handler is logged and answered 500 in plain text, never a traceback."""
+async def _answer_errors(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
+    """Bad input is answered 4xx and logged as the client's fault; a bug is a 500.
+
+    A RequestError, or a body aiohttp cannot read, is answered 400/413 (a handler may also
+    return its own refusal). Refusals are logged with the path and the reason, at warning
+    level at most. Any other exception is a bug in a handler: logged at error level and
+    answered 500 ``internal error`` in plain text, never a traceback.
+    """
     try:
-        return await handler(request)
-    except (web.HTTPException, asyncio.CancelledError):
+        response = await handler(request)
+    except web.HTTPException as exc:  # the router's 404 and 405
+        _log_refusal(request, exc.status, exc.reason)
         raise
+    except asyncio.CancelledError:
+        raise
+    except RequestError as exc:
+        response = exc.response()
+    except PAYLOAD_ERRORS as exc:
+        response = plain_error(400, "cannot read the request body: " + payload_reason(exc))
     except Exception as exc:
         log.event(
             _logger,
@@ -53,9 +65,27 @@ async def _unexpected_errors(request: web.Request, handler: RequestHandler) -> w
             logging.ERROR,
             path=request.path,
             method=request.method,
-            error=repr(exc),
+            error=describe(exc),
         )
         return plain_error(500, "internal error")
+    if 400 <= response.status < 500:
+        _log_refusal(request, response.status, response.get(REASON) or response.reason)
+    return response
+
+
+def _log_refusal(request: web.Request, status: int, reason: str) -> None:
+    # Malformed input is worth a warning; other refusals (404, 405, 409, ...) are ordinary.
+    level = logging.WARNING if status in (400, 413) else logging.DEBUG
+    if _logger.isEnabledFor(level):
+        log.event(
+            _logger,
+            "bad request",
+            level,
+            path=one_line(request.path),
+            method=one_line(request.method),
+            status=status,
+            reason=one_line(reason),
+        )
 
 
 class OpenApiDocument:
@@ -76,7 +106,7 @@ class OpenApiDocument:
 
 def _application() -> web.Application:
     # client_max_size bounds request.read()/json(); our handlers read with their own limits.
-    return web.Application(client_max_size=MAX_JSON_BODY, middlewares=[_unexpected_errors])
+    return web.Application(client_max_size=MAX_JSON_BODY, middlewares=[_answer_errors])
 
 
 def build_app(
@@ -89,7 +119,7 @@ def build_app(
         (routes.LIVENESS, liveness.check),
         (routes.FAILSAFE, _failsafe),
     ):
-        app.router.add_route("*", path, _text(probe))
+        app.router.add_get(path, _text(probe))  # and HEAD; 405 with Allow otherwise
     if operator is not None:
         operator.add_routes(app)
     app.router.add_get(routes.OPENAPI, OpenApiDocument().handle)
@@ -111,14 +141,14 @@ async def serve(
     name: str = "status server",
     started: asyncio.Event | None = None,
 ) -> None:
-    """Serve until cancelled; the listener is closed on the way out."""
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
-    )
+    """Serve until cancelled; the listener is closed on the way out.
+
+    ListenError when the address cannot be bound (it names the address and the reason).
+    """
+    runner = httpd.runner(app)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host or None, port, reuse_address=True, ssl_context=ssl_context)
-        await site.start()
+        await httpd.listen(runner, host, port, ssl_context)
         log.event(_logger, f"{name} listening", host=host or "*", port=port, tls=bool(ssl_context))
         if started is not None:
             started.set()

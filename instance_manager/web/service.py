@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable
 
 from instance_manager import log
+from instance_manager.errors import ListenError, describe
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
@@ -89,13 +90,13 @@ class WebServices:
             try:
                 app = build_local_app(self.local)  # an application serves one runner only
                 await serve(app, routes.LOCAL_HOST, port, name="local API")
-            except OSError as exc:
+            except (ListenError, OSError) as exc:
                 log.event(
                     _logger,
                     "local API cannot listen; retrying",
                     logging.ERROR,
                     port=port,
-                    error=str(exc),
+                    error=describe(exc),
                     seconds=LOCAL_RETRY_SECONDS,
                 )
                 await asyncio.sleep(LOCAL_RETRY_SECONDS)

@@ -32,6 +32,7 @@ from pathlib import Path
 from aiohttp import web
 
 from instance_manager import log
+from instance_manager.httpd import PAYLOAD_ERRORS, payload_reason
 from instance_manager.process import spawn
 from instance_manager.settings import Settings
 from instance_manager.web import build
@@ -48,12 +49,17 @@ class UpdateError(Exception):
     pass
 
 
+class UpdateRefused(UpdateError):
+    """The request cannot be honoured as sent (not the published build, none published, empty,
+    too large, cut off): the client's fault, not the daemon's."""
+
+
 def expected_hash(settings: Settings, arch: str) -> str:
     """The hash the operator published for our architecture (CNPG's check)."""
     for entry in settings.cluster.status.get("availableArchitectures") or []:
         if isinstance(entry, dict) and entry.get("goArch") == arch:
             return str(entry.get("hash") or "")
-    raise UpdateError(f"while validating instance manager binary: missing architecture {arch}")
+    raise UpdateRefused(f"while validating instance manager binary: missing architecture {arch}")
 
 
 class Updater:
@@ -81,9 +87,10 @@ class Updater:
         self.upgrading = True
         try:
             await self._upgrade(request)
-        except (UpdateError, OSError) as exc:  # OSError: disk full, client gone, ...
+        except (UpdateError, OSError) as exc:  # OSError: disk full, ...
             self.upgrading = False
-            log.event(_logger, "online upgrade failed", logging.ERROR, error=str(exc))
+            level = logging.WARNING if isinstance(exc, UpdateRefused) else logging.ERROR
+            log.event(_logger, "online upgrade failed", level, error=str(exc))
             return plain_error(500, str(exc) or type(exc).__name__)
         except BaseException:
             self.upgrading = False
@@ -108,7 +115,7 @@ class Updater:
             want = expected_hash(self._settings(), instance_arch())
             if digest != want:
                 log.event(_logger, "received an invalid build", logging.WARNING, hash=digest)
-                raise UpdateError(
+                raise UpdateRefused(
                     "while validating instance manager binary: invalid instance manager binary"
                 )
             version = await self._check(upload, staged)
@@ -121,15 +128,19 @@ class Updater:
         h = hashlib.sha256()
         size = 0
         with os.fdopen(fd, "wb") as out:
-            async for chunk in request.content.iter_chunked(1024 * 1024):
-                size += len(chunk)
-                if size > self.max_size:
-                    raise UpdateError(f"the build is larger than {self.max_size} bytes")
-                h.update(chunk)
-                await asyncio.to_thread(out.write, chunk)
+            try:
+                async for chunk in request.content.iter_chunked(1024 * 1024):
+                    size += len(chunk)
+                    if size > self.max_size:
+                        raise UpdateRefused(f"the build is larger than {self.max_size} bytes")
+                    h.update(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+            except (*PAYLOAD_ERRORS, ConnectionResetError) as exc:
+                reason = payload_reason(exc)
+                raise UpdateRefused(f"the build was not received whole: {reason}") from None
             await asyncio.to_thread(_sync, out)
         if size == 0:
-            raise UpdateError("empty request body: no build received")
+            raise UpdateRefused("empty request body: no build received")
         return h.hexdigest()
 
     async def _check(self, upload: Path, staged: Path) -> str:
