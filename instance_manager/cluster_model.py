@@ -209,6 +209,10 @@ class PluginConfiguration(Strict, frozen=True):
     isWALArchiver: bool = False
     parameters: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Named in the recovery block a restore writes into postgresql.auto.conf.
+        check_single_line("name", self.name)
+
 
 class WalSettings(Strict, frozen=True):
     maxParallel: Annotated[int, Meta(ge=1, le=64)] = 1
@@ -271,6 +275,14 @@ class Spec(Strict, frozen=True):
     postgresUID: int | None = None
     postgresGID: int | None = None
     enablePDB: bool | None = None
+
+    def __post_init__(self) -> None:
+        # A recovery source's plugin is named in the block a restore writes into
+        # postgresql.auto.conf.
+        for index, source in enumerate(self.externalClusters or []):
+            plugin = source.get("plugin")
+            if isinstance(plugin, dict) and isinstance(plugin.get("name"), str):
+                check_single_line(f"externalClusters[{index}]: plugin: name", plugin["name"])
 
     @property
     def wal_max_parallel(self) -> int:

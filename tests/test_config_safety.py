@@ -157,6 +157,12 @@ def bad_documents(bad: str) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
             {},
             "spec.bootstrap.initdb.localeCollate",
         ),
+        ({"spec": {"plugins": [{"name": bad}]}}, {}, "spec.plugins[0].name"),
+        (
+            {"spec": {"externalClusters": [{"name": "origin", "plugin": {"name": bad}}]}},
+            {},
+            "spec.externalClusters[0].plugin.name",
+        ),
         ({}, {"listenAddresses": bad}, "instance.listenAddresses"),
         ({}, {"scratchDir": f"/tmp/{bad}"}, "instance.scratchDir"),
         ({}, {"pgData": f"/tmp/{bad}"}, "instance.pgData"),
