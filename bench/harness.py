@@ -63,7 +63,9 @@ class Layout:
 
     @property
     def wal_socket(self) -> Path:
-        return self.run_dir / "instance-manager.sock"
+        from instance_manager.postgres.config import wal_socket_in
+
+        return wal_socket_in(self.scratch)
 
     @property
     def plugins(self) -> Path:

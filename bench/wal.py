@@ -106,8 +106,7 @@ class Calls:
 
 def measure_calls(b: Bench) -> Calls:
     """Per-call time and peak RSS of the thin client, against a running daemon."""
-    small_dir = b.top / "small"
-    small_dir.mkdir()
+    small_dir = b.primary.pgdata / "pg_wal"  # the daemon archives nothing from elsewhere
     small = small_dir / "000000010000000000000002.00000028.backup"  # a real small WAL file
     small.write_bytes(b"START WAL LOCATION: 0/2000028\n" * 10)
     segment = small_dir / "bench-one-segment"  # not a WAL name: it must not overwrite one
@@ -127,6 +126,8 @@ def measure_calls(b: Bench) -> Calls:
         f"{SEGMENT_MB} MiB file": round_trip_ms(b.primary.wal_socket, segment, 50),
     }
     daemon.stop_timed()
+    small.unlink()
+    segment.unlink()
     return Calls(times, {k: v[0] for k, v in rss.items()}, rss["thin"][1], trips)
 
 

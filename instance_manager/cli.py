@@ -88,7 +88,7 @@ def _status_parser(sub: Any) -> None:
 
 
 def _wal_parsers(sub: Any) -> None:
-    help_socket = "the daemon's WAL socket [SCRATCH/run/instance-manager.sock]"
+    help_socket = "the daemon's WAL socket [SCRATCH/run/wal/instance-manager.sock]"
     archive = sub.add_parser("wal-archive", help="archive_command: archive one WAL file (%%p)")
     archive.add_argument("path")
     restore = sub.add_parser("wal-restore", help="restore_command: restore one WAL file (%%f %%p)")
@@ -105,9 +105,10 @@ def _wal_parsers(sub: Any) -> None:
 
 
 def wal_command(args: argparse.Namespace) -> int:
+    from instance_manager.postgres.config import wal_socket_in
     from instance_manager.wal import thin
 
-    sock = args.socket or str(Path(args.scratch_dir) / "run" / "instance-manager.sock")
+    sock = args.socket or str(wal_socket_in(Path(args.scratch_dir)))
     if args.command == "wal-archive":
         return thin.main(["wal-archive", "--socket", sock, args.path])
     rewind = ["--rewind"] if args.rewind else []
@@ -138,6 +139,9 @@ def _install_manager(current: Settings) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    # Whatever the daemon creates (sockets, spools, uploads) is private to its account;
+    # PostgreSQL sets its own umask from the data directory's mode.
+    os.umask(0o077)
     from instance_manager.process.signals import Signals
 
     signals = Signals()

@@ -85,7 +85,7 @@ class Supervisor:
             lambda: self.state.wal_segment_size,
             self.state.wal,
         )
-        return WalServer(config.wal_socket(settings), archiver, restorer)
+        return WalServer(config.wal_socket(settings), archiver, restorer, settings.pgdata)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from instance_manager.postgres.config import wal_socket_in
 from tests.daemon import (
     PG_BIN,
     Daemon,
@@ -237,8 +238,8 @@ def test_thin_client_restore_passes_rewind_mode_and_not_found(
     daemon.wait_ready()
     name = switch_segments(instance, 1)[0]
     wait_archived(instance, name)
-    sock = str(instance.socket_dir / "instance-manager.sock")
-    dest = instance.root / "RECOVERYXLOG"
+    sock = str(wal_socket_in(instance.scratch))
+    dest = instance.pgdata / "pg_wal" / "RECOVERYXLOG"  # the daemon restores only into PGDATA
     done = run_thin("wal-restore", "--socket", sock, "--rewind", name, str(dest))
     assert done.returncode == 0, done.stderr
     assert dest.read_bytes() == (plugin.storage / name).read_bytes()

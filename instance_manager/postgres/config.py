@@ -74,7 +74,13 @@ def manager_path(settings: Settings) -> Path:
 
 def wal_socket(settings: Settings) -> Path:
     """Where the daemon answers the archive/restore client."""
-    return settings.run_dir / "instance-manager.sock"
+    return wal_socket_in(settings.instance.scratchDir)
+
+
+def wal_socket_in(scratch_dir: Path) -> Path:
+    """The WAL socket of the daemon using ``scratch_dir``: alone in a 0700 directory, as
+    run/ itself also holds PostgreSQL's socket, which other local accounts may reach."""
+    return scratch_dir / "run" / "wal" / "instance-manager.sock"
 
 
 def _wal_command(settings: Settings, *args: str) -> str:

@@ -7,6 +7,8 @@ that account for good, so every file PostgreSQL or we write later has one owner.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pwd
 import sysconfig
@@ -19,13 +21,77 @@ from instance_manager.settings import Settings
 DEFAULT_USER = "postgres"
 
 
-def _make(path: Path, mode: int, owner: pwd.struct_passwd | None) -> None:
-    existed = path.exists()
-    path.mkdir(mode=mode, parents=True, exist_ok=True)
-    if not existed:
-        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
-    if owner is not None:
-        os.chown(path, owner.pw_uid, owner.pw_gid)
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(path: Path, parent: int | None = None) -> int:
+    """An fd on the directory ``path`` itself: SettingsError when it is a symbolic link."""
+    name = path.name if parent is not None else path
+    try:
+        return os.open(name, _OPEN_DIR, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise SettingsError(f"cannot open the directory {path}: {exc.strerror}") from None
+        kind = "a symbolic link" if os.path.islink(path) else "not a directory"
+        raise SettingsError(
+            f"{path} is {kind}: the instance manager creates and owns this directory and "
+            "follows no link there; remove it or point the setting at a real directory"
+        ) from None
+
+
+def _make_parents(path: Path) -> None:
+    """Missing ancestors of a directory we create, 0755 whatever the umask: the account the
+    daemon becomes must be able to reach what lies below them."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o755)
+            os.chmod(directory, 0o755)
+
+
+def _make(path: Path, mode: int, owner: pwd.struct_passwd | None, parent: int | None = None) -> int:
+    """Create directory ``path`` unless it exists, set its mode and owner, return an fd on it.
+
+    Never through a symbolic link at ``path``: as root, a link planted there would hand its
+    target to the account. ``parent`` is an fd on ``path.parent`` (checked the same way).
+    """
+    own_parent = parent is None
+    if parent is None:
+        _make_parents(path.parent)
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        created = True
+        try:
+            os.mkdir(path.name, mode, dir_fd=parent)
+        except FileExistsError:
+            created = False
+        fd = _open_dir(path, parent)
+    finally:
+        if own_parent:
+            os.close(parent)
+    try:
+        if owner is not None:
+            os.fchown(fd, owner.pw_uid, owner.pw_gid)
+        if created or owner is not None or os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, mode)  # mkdir's mode went through the umask
+    except OSError as exc:
+        os.close(fd)
+        raise SettingsError(f"cannot set the owner or mode of {path}: {exc.strerror}") from None
+    return fd
+
+
+def _give_empty(path: Path, owner: pwd.struct_passwd | None) -> None:
+    """An existing directory: given to the account when it is empty (not through a link)."""
+    if owner is None or not path.is_dir() or any(path.iterdir()):
+        return
+    fd = _open_dir(path)
+    try:
+        os.fchown(fd, owner.pw_uid, owner.pw_gid)
+    finally:
+        os.close(fd)
 
 
 def prepare(settings: Settings) -> None:
@@ -38,20 +104,28 @@ def prepare(settings: Settings) -> None:
         except KeyError:
             raise SettingsError(f"instance.user: no such account {name!r}") from None
         readable.check(owner)  # before anything is created: name what the account can't read
-    scratch = settings.instance.scratchDir
-    _make(scratch, 0o755, owner)
-    _make(settings.run_dir, 0o755, owner)
-    _make(settings.log_dir, 0o700, owner)
-    _make(settings.tmp_dir, 0o1777, owner)
+    _make_scratch(settings, owner)
     pgdata = settings.pgdata
-    _make(settings.restore_spool, 0o700, owner)
+    os.close(_make(settings.restore_spool, 0o700, owner))
     if not pgdata.exists():
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
-        _make(pgdata, 0o700, owner)
-    elif owner is not None and not any(pgdata.iterdir()):
-        os.chown(pgdata, owner.pw_uid, owner.pw_gid)
+        os.close(_make(pgdata, 0o700, owner))
+    else:
+        _give_empty(pgdata, owner)
     if owner is not None:
         become(owner)
+
+
+def _make_scratch(settings: Settings, owner: pwd.struct_passwd | None) -> None:
+    """SCRATCH and its run/, log/, tmp/ (all private but run/, PostgreSQL's socket dir)."""
+    scratch = settings.instance.scratchDir
+    fd = _make(scratch, 0o755, owner)
+    try:
+        children = [(settings.run_dir, 0o755), (settings.log_dir, 0o700), (settings.tmp_dir, 0o700)]
+        for path, mode in children:
+            assert path.parent == scratch, path
+            os.close(_make(path, mode, owner, parent=fd))
+    finally:
+        os.close(fd)
 
 
 def become(owner: pwd.struct_passwd) -> None:

@@ -1,10 +1,19 @@
-"""The daemon's end of the thin client: a Unix socket speaking JSON lines."""
+"""The daemon's end of the thin client: a Unix socket, one request line, one reply line.
+
+The socket lives alone in a 0700 directory owned by the daemon's account, so only that
+account (the one PostgreSQL runs as) can connect. The paths a request names are handed on
+to plugin sidecars, which may run as other users: an archive source must resolve inside
+``PGDATA/pg_wal`` (following a ``pg_wal`` symlink to a separate WAL volume) and a restore
+destination inside PGDATA or that WAL directory; anything else is refused.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,46 @@ REQUEST_LIMIT = 65536
 
 class BadRequest(Exception):
     pass
+
+
+class PathRefused(BadRequest):
+    """A request names a path outside the directories PostgreSQL's WAL commands use."""
+
+
+class SocketDirectoryError(Exception):
+    """The socket's directory cannot be made private to this account."""
+
+
+def private_directory(directory: Path) -> None:
+    """Create ``directory`` 0700, or check an existing one: a real directory that is ours."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SocketDirectoryError(
+            f"{directory}: not a directory of its own (a symbolic link?): {exc.strerror}"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise SocketDirectoryError(
+                f"{directory} belongs to uid {info.st_uid}, not to this process ({os.geteuid()})"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def confined(given: str, roots: list[str], what: str, where: str) -> Path:
+    """``given`` resolved (symlinks followed), when it lies strictly inside one of ``roots``."""
+    real = os.path.realpath(given)
+    for root in roots:
+        if real.startswith(root.rstrip("/") + "/"):
+            return Path(real)
+    shown = given if real == given else f"{given} (resolves to {real})"
+    raise PathRefused(f"{what} {shown} is outside {where}")
 
 
 def parse(line: bytes) -> dict[str, Any]:
@@ -56,12 +105,27 @@ def encode(reply: dict[str, Any]) -> bytes:
 
 
 class WalServer:
-    def __init__(self, socket_path: Path, archiver: Archiver, restorer: Restorer) -> None:
+    def __init__(
+        self, socket_path: Path, archiver: Archiver, restorer: Restorer, pgdata: Path
+    ) -> None:
         self.socket_path = socket_path
         self.archiver = archiver
         self.restorer = restorer
+        self.pgdata = pgdata
+
+    def archive_source(self, given: str) -> Path:
+        """The file to archive: inside PGDATA/pg_wal, wherever pg_wal really is."""
+        pg_wal = os.path.realpath(self.pgdata / "pg_wal")
+        return confined(given, [pg_wal], "archive source", f"PGDATA/pg_wal ({pg_wal})")
+
+    def restore_destination(self, given: str) -> Path:
+        """Where a restored file goes: inside PGDATA or its (possibly separate) pg_wal."""
+        roots = [os.path.realpath(self.pgdata), os.path.realpath(self.pgdata / "pg_wal")]
+        where = f"PGDATA ({roots[0]}) and its pg_wal ({roots[1]})"
+        return confined(given, roots, "restore destination", where)
 
     async def run(self) -> None:
+        private_directory(self.socket_path.parent)
         self.socket_path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(
             self._serve, path=str(self.socket_path), limit=REQUEST_LIMIT
@@ -93,10 +157,13 @@ class WalServer:
         try:
             request = parse(line)
             if request["op"] == "archive":
-                await self.archiver.archive(Path(request["path"]))
+                await self.archiver.archive(self.archive_source(request["path"]))
             else:
-                dest = Path(request["dest"])
+                dest = self.restore_destination(request["dest"])
                 await self.restorer.restore(request["name"], dest, bool(request.get("rewind")))
+        except PathRefused as exc:
+            log.event(_logger, "WAL request refused", logging.WARNING, op=_op(line), error=str(exc))
+            return {"ok": False, "code": "error", "error": f"refused: {exc}"}
         except BadRequest as exc:
             return {"ok": False, "code": "error", "error": f"bad request: {exc}"}
         except WalNotFound as exc:
