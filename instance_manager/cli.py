@@ -157,6 +157,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     current = load()
     log.setup(current.instance.podName, getattr(logging, args.log_level.upper()))
+    if current.instance.statusPortTLS:
+        from instance_manager.web.tls import check_client_certificates
+
+        check_client_certificates()  # exit 2 before anything is touched
     privileges.prepare(current)
     _install_manager(current)
 

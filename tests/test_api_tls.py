@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes.util
+import importlib.util
+import json
 import shutil
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from instance_manager.errors import EXIT_INVALID_SETTINGS
 from instance_manager.web.auth import DerError, public_key_fingerprint, subject_public_key_info
 from instance_manager.web.server import serve
-from instance_manager.web.tls import ServerTLS
+from instance_manager.web.tls import ServerTLS, TLSUnavailable, ssl_library
 from tests.api_helpers import (
     Primary,
     api_spec,
@@ -52,6 +58,21 @@ async def test_pinned_operator_certificate(primary: Primary) -> None:
             for path in PROTECTED:
                 code, body = await get(client, api.base + path)
                 assert (code, body) == (503, "operator certificate not recognized\n")
+
+
+async def test_an_upper_case_pinned_fingerprint_is_accepted(primary: Primary) -> None:
+    pinned = primary.certs.fingerprint.upper()
+    write_cluster(
+        primary.inst,
+        api_spec(),
+        operator_status(primary.certs, operatorCertificateFingerprint=pinned),
+    )
+    async with serve_api(primary.settings(), primary.certs) as api:
+        async with api.client("operator") as client:
+            code, body = await get(client, api.base + "/pg/controldata")
+            assert code == 200, body
+        async with api.client("intruder") as client:
+            assert (await get(client, api.base + "/pg/controldata"))[0] == 503
 
 
 async def test_nothing_pinned_is_503_and_plain_http_is_401(primary: Primary) -> None:
@@ -134,3 +155,57 @@ def test_fingerprint_matches_openssl(tmp_path: Path, rsa: bool) -> None:
 def test_fingerprint_of_junk_is_an_error(junk: bytes) -> None:
     with pytest.raises(DerError):
         subject_public_key_info(junk)
+
+
+# -- which OpenSSL the verify callback is installed through ----------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# psycopg[binary] (a dependency) bundles its own OpenSSL here.
+_WHEEL = importlib.util.find_spec("psycopg_binary")
+WHEEL_LIBS = Path(_WHEEL.origin if _WHEEL and _WHEEL.origin else ".").parent.parent / (
+    "psycopg_binary.libs"
+)
+
+
+def probe(certs: Path, *mode: str) -> dict[str, list[str] | str]:
+    """tests/tls_probe.py in a fresh interpreter (the libraries it maps are the point)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.tls_probe", mode[0], str(certs), *mode[1:]],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result: dict[str, list[str] | str] = json.loads(done.stdout)
+    return result
+
+
+def test_a_psycopg_import_before_the_tls_setup_does_not_matter(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    seen = probe(certs.directory, "psycopg")
+    assert seen["fingerprint"] == certs.fingerprint  # the untrusted certificate was accepted
+    assert any(str(WHEEL_LIBS) in path for path in seen["libssl"]), seen  # two libssl mapped
+
+
+def test_another_libssl_mapped_first_in_the_maps_does_not_matter(tmp_path: Path) -> None:
+    """A different OpenSSL build named libssl.so.N, mapped after ssl (so at a lower address):
+    the callback must still go to the libssl that _ssl links."""
+    certs = make_certs(tmp_path / "certs")
+    other = tmp_path / "other"
+    other.mkdir()
+    wheel_ssl = sorted(WHEEL_LIBS.glob("libssl*.so*"))
+    assert wheel_ssl, f"no libssl in {WHEEL_LIBS}"
+    for library in WHEEL_LIBS.glob("libcrypto*.so*"):
+        shutil.copy(library, other / library.name)  # found through the copy's $ORIGIN rpath
+    shutil.copy(wheel_ssl[0], other / "libssl.so.3")
+    seen = probe(certs.directory, "library", str(other / "libssl.so.3"))
+    assert seen["fingerprint"] == certs.fingerprint
+    assert str(other / "libssl.so.3") in seen["libssl"]
+
+
+def test_openssl_out_of_reach_is_an_invalid_setting_naming_what_is_missing() -> None:
+    """What a Python whose _ssl has OpenSSL linked in with hidden symbols gives: an object
+    through which SSL_CTX_set_verify cannot be found (here the C library)."""
+    libc = ctypes.util.find_library("c")
+    assert libc
+    with pytest.raises(TLSUnavailable, match=f"SSL_CTX_set_verify.*{libc}") as refused:
+        ssl_library(libc)
+    assert refused.value.exit_code == EXIT_INVALID_SETTINGS

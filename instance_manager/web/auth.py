@@ -1,8 +1,9 @@
 """Operator authentication: the client certificate's public key, pinned in the cluster status.
 
 The operator presents a self-signed client certificate generated in memory; it writes the
-SHA-256 of that certificate's SubjectPublicKeyInfo (lower-case hex) into the Cluster's
-``status.operatorCertificateFingerprint``. Protected endpoints answer, as CNPG does:
+SHA-256 of that certificate's SubjectPublicKeyInfo (hex; compared case-insensitively) into
+the Cluster's ``status.operatorCertificateFingerprint``. Protected endpoints answer, as CNPG
+does:
 
 - 401 ``client certificate required``: no TLS, or no certificate presented (permanent);
 - 503 ``operator certificate not registered``: nothing pinned yet (transient);
@@ -101,14 +102,14 @@ class OperatorAuth:
         certificate = peer_certificate(request)
         if not certificate:
             return self._refuse(request, 401, "client certificate required")
-        expected = str(self._settings().cluster.status.get(FINGERPRINT_FIELD) or "")
+        expected = str(self._settings().cluster.status.get(FINGERPRINT_FIELD) or "").strip()
         if not expected:
             return self._refuse(request, 503, "operator certificate not registered")
         try:
             actual = public_key_fingerprint(certificate)
         except DerError:
             actual = ""
-        if not hmac.compare_digest(actual.encode(), expected.encode()):
+        if not hmac.compare_digest(actual.encode(), expected.lower().encode()):
             return self._refuse(request, 503, "operator certificate not recognized", actual)
         return None
 

@@ -5,11 +5,15 @@ certificate that no CA vouches for: trust comes from its pinned public key (web/
 the handshake must accept any certificate or none (Go's ``tls.RequestClientCert``).
 Python's ``ssl`` verifies any certificate a client sends under ``CERT_OPTIONAL`` and aborts
 the handshake when it does not chain to a loaded CA, and it has no verify callback. We
-install one that accepts every certificate, with ``SSL_CTX_set_verify`` from the libssl
-the ``_ssl`` module is linked against (the same library mapped in this process), after
-checking that the ``SSL_CTX`` pointer read from the context object is the right one. If that
-is not possible, no client certificate is requested and every protected endpoint answers
-401, which fails closed.
+install one that accepts every certificate, with ``SSL_CTX_set_verify`` looked up through
+the ``_ssl`` module's own shared object: ``dlsym`` on its handle searches that object and
+the libraries it was linked against, so this is the libssl ``_ssl`` calls even when another
+copy of OpenSSL is mapped in the process (psycopg's wheel brings one). A ``_ssl`` built into
+the interpreter is searched through the program itself. The runtime version and the
+``SSL_CTX`` pointer read from the context object are checked before anything is written.
+If any of this is not possible, client certificates cannot be requested: with
+``instance.statusPortTLS`` the daemon refuses to start (:func:`check_client_certificates`,
+exit 2), since the operator could never authenticate.
 
 **Reloading without dropping the listener.** Each handshake switches, from the SNI callback
 (called for every ClientHello, with or without a server name), to the newest context;
@@ -19,14 +23,17 @@ replaces a working one.
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import ctypes
+import functools
 import hashlib
 import logging
 import ssl
 from pathlib import Path
 
 from instance_manager import log
+from instance_manager.errors import SettingsError
 
 _logger = log.get("web")
 SSL_VERIFY_PEER = 0x01
@@ -45,21 +52,48 @@ def _accept_any(_preverify_ok: int, _store: int | None) -> int:
 ACCEPT_ANY_CERTIFICATE = _VerifyCallback(_accept_any)
 
 
-class TLSUnavailable(Exception):
+class TLSUnavailable(SettingsError):
     """Optional client certificates cannot be requested with this Python/OpenSSL."""
 
 
-def _libssl() -> ctypes.CDLL:
-    """The libssl mapped in this process (the one ``_ssl`` uses)."""
+# What the accept-any callback needs from OpenSSL (OpenSSL_version_num is libcrypto's).
+_SYMBOLS = (
+    "SSL_CTX_set_verify",
+    "SSL_CTX_get_verify_mode",
+    "SSL_CTX_get_options",
+    "OpenSSL_version_num",
+)
+
+
+def ssl_library(module_file: str | None) -> ctypes.CDLL:
+    """OpenSSL as the ``_ssl`` module links it: symbols are looked up through the handle of
+    ``module_file`` (the program itself when None: ``_ssl`` built in), and must be the
+    version ``ssl`` reports. Raises :class:`TLSUnavailable` naming what is missing."""
+    where = module_file or "the Python program (_ssl is built in)"
     try:
-        maps = Path("/proc/self/maps").read_text()
+        lib = ctypes.CDLL(module_file)
     except OSError as exc:
-        raise TLSUnavailable(f"cannot read /proc/self/maps: {exc}") from exc
-    for line in maps.splitlines():
-        path = line.split()[-1] if line.split() else ""
-        if "/libssl.so" in path:
-            return ctypes.CDLL(path)
-    raise TLSUnavailable("libssl is not a shared library in this process")
+        raise TLSUnavailable(f"cannot open {where}: {exc}") from exc
+    missing = [name for name in _SYMBOLS if not hasattr(lib, name)]
+    if missing:
+        raise TLSUnavailable(
+            f"{', '.join(missing)} not reachable through {where} "
+            "(OpenSSL linked statically with hidden symbols?)"
+        )
+    lib.OpenSSL_version_num.argtypes = []
+    lib.OpenSSL_version_num.restype = ctypes.c_ulong
+    found = lib.OpenSSL_version_num()
+    if found != ssl.OPENSSL_VERSION_NUMBER:
+        raise TLSUnavailable(
+            f"the OpenSSL reached through {where} is version {found:#x}, "
+            f"not {ssl.OPENSSL_VERSION_NUMBER:#x} as the ssl module reports"
+        )
+    return lib
+
+
+@functools.cache
+def _libssl() -> ctypes.CDLL:
+    return ssl_library(getattr(_ssl, "__file__", None))
 
 
 def _ssl_ctx_pointer(context: ssl.SSLContext, lib: ctypes.CDLL) -> int:
@@ -108,30 +142,31 @@ def _digest(*paths: Path) -> bytes:
     return h.digest()
 
 
+def check_client_certificates() -> None:
+    """Raise :class:`TLSUnavailable` (exit 2) unless client certificates can be requested."""
+    try:
+        request_any_client_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    except TLSUnavailable as exc:
+        raise TLSUnavailable(
+            "instance.statusPortTLS is on, but this Python cannot request the operator's "
+            f"client certificate, so the operator could never authenticate: {exc}"
+        ) from None
+
+
 class ServerTLS:
     """The listener's context and the reloading of its certificate."""
 
     def __init__(self, certificate: Path, key: Path) -> None:
         self.certificate = certificate
         self.key = key
-        self.client_certificates = True
         self.listener: ssl.SSLContext | None = None
         self.current: ssl.SSLContext | None = None
         self.reloads = 0
         self._digest = b""
 
     def _build(self) -> ssl.SSLContext:
-        try:
-            return server_context(self.certificate, self.key, self.client_certificates)
-        except TLSUnavailable as exc:
-            log.event(
-                _logger,
-                "cannot request optional client certificates: operator endpoints will answer 401",
-                logging.ERROR,
-                error=str(exc),
-            )
-            self.client_certificates = False
-            return server_context(self.certificate, self.key, False)
+        """The context, requesting client certificates (TLSUnavailable when it cannot)."""
+        return server_context(self.certificate, self.key, client_certificates=True)
 
     async def start(self) -> ssl.SSLContext:
         """Load the files (raises when they are unusable) and return the listener context."""
