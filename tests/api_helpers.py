@@ -31,7 +31,6 @@ from instance_manager.state import InstanceState
 from instance_manager.web.liveness import Liveness
 from instance_manager.web.local_api import LocalApi
 from instance_manager.web.operator import OperatorApi
-from instance_manager.web.partial import ArchiveFile, FenceFlag
 from instance_manager.web.plugin_backup import PluginBackups
 from instance_manager.web.probes import Checker
 from instance_manager.web.server import build_app, build_local_app, serve
@@ -214,7 +213,6 @@ class Api:
     status_port: int
     local_port: int
     certs: Certs | None
-    fence: FenceFlag
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -239,32 +237,29 @@ async def serve_api(
     settings: Settings,
     certs: Certs | None = None,
     *,
-    archive: ArchiveFile | None = None,
     request_reexec: ReexecRequest | None = None,
     argv: list[str] | None = None,
     state: InstanceState | None = None,
 ) -> AsyncIterator[Api]:
     state = state or InstanceState(postmaster_running=True, is_primary=True)
     session = Session(settings)
-    fence = FenceFlag()
     operator = OperatorApi(
-        lambda: settings, state, session, fencing=fence, archive=archive,
-        request_reexec=request_reexec, argv=argv,
+        lambda: settings, state, session, request_reexec=request_reexec, argv=argv,
     )  # fmt: skip
     local = LocalApi(lambda: settings, PluginBackups(lambda: settings))
     context = None
     if certs is not None:
         context = await ServerTLS(certs.server, certs.directory / "server.key").start()
-    api = Api(settings, state, session, operator, local, free_port(), free_port(), certs, fence)
-    started = asyncio.Event()
+    api = Api(settings, state, session, operator, local, free_port(), free_port(), certs)
+    started, local_started = asyncio.Event(), asyncio.Event()
     checker = Checker(lambda: settings, state, session)
     app = build_app(checker, Liveness(lambda: settings), operator)
     loop = asyncio.get_running_loop()
     api.tasks.append(loop.create_task(serve(app, "127.0.0.1", api.status_port, context,
                                             started=started)))  # fmt: skip
-    api.tasks.append(loop.create_task(serve(build_local_app(local), "127.0.0.1", api.local_port)))
-    await asyncio.wait_for(started.wait(), 10)
-    await asyncio.sleep(0.05)  # the local API binds right after
+    api.tasks.append(loop.create_task(serve(build_local_app(local), "127.0.0.1", api.local_port,
+                                            started=local_started)))  # fmt: skip
+    await asyncio.wait_for(asyncio.gather(started.wait(), local_started.wait()), 10)
     try:
         yield api
     finally:

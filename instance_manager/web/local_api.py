@@ -1,8 +1,9 @@
 """The local API (127.0.0.1 only, CNPG's port 8010): what the pod's own commands ask for.
 
 - ``GET /cache/cluster``: the Cluster resource the daemon holds (JSON; GET and HEAD only);
-- ``GET /cache/wal-archive``, ``/cache/wal-restore``, ``/cache/wal-restore-config``: values
-  a reconciler caches for the WAL commands; 404 while nothing is cached (any other key: 404);
+- ``/cache/<any other key>``: 404. CloudNativePG also serves ``wal-archive``, ``wal-restore``
+  and ``wal-restore-config`` there, values its reconciler caches for the WAL commands; this
+  daemon has no reconciler and its WAL commands ask the WAL socket, so nothing is cached;
 - ``/pg/backup?name=<backup>``: start a plugin backup (200 ``OK``; 400 no name, unknown
   method, bad body; 409 nothing configured or already running). An optional JSON body is the
   Backup resource; without one it is built from the request (``&plugin=<name>``);
@@ -94,7 +95,6 @@ class LocalApi:
         self._settings = settings
         self.backups = backups
         self.conditions = conditions or ConditionStore()
-        self.cache: dict[str, Any] = {}  # wal-archive, wal-restore, wal-restore-config
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(routes.CACHE_PREFIX + "{key:.*}", self.cached)
@@ -102,21 +102,9 @@ class LocalApi:
         app.router.add_route("*", routes.WAL_ARCHIVE_CONDITION, self.wal_archive_condition)
 
     async def cached(self, request: web.Request) -> web.Response:
-        key = request.match_info["key"]
-        if key == routes.CACHE_CLUSTER:
-            value: Any = self._settings().cluster.to_json_dict()
-        elif (
-            key
-            in (
-                routes.CACHE_WAL_ARCHIVE,
-                routes.CACHE_WAL_RESTORE,
-                routes.CACHE_WAL_RESTORE_CONFIG,
-            )
-            and key in self.cache
-        ):
-            value = self.cache[key]
-        else:
+        if request.match_info["key"] != routes.CACHE_CLUSTER:
             return web.Response(status=404)
+        value = self._settings().cluster.to_json_dict()
         return web.Response(text=json.dumps(value), content_type="application/json")
 
     async def backup(self, request: web.Request) -> web.Response:

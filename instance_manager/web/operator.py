@@ -20,7 +20,7 @@ from instance_manager.web import routes
 from instance_manager.web.auth import OperatorAuth
 from instance_manager.web.backup_mode import BackupMode
 from instance_manager.web.jsonapi import data_response, json_response, plain_error
-from instance_manager.web.partial import ArchiveFile, ArchivePartial, Fencing, StateFencing
+from instance_manager.web.partial import ArchiveFile, ArchivePartial
 from instance_manager.web.status import StatusReader
 from instance_manager.web.update import ReexecRequest, Updater
 
@@ -34,7 +34,6 @@ class OperatorApi:
         state: InstanceState,
         session: Session,
         *,
-        fencing: Fencing | None = None,
         archive: ArchiveFile | None = None,
         request_reexec: ReexecRequest | None = None,
         argv: list[str] | None = None,
@@ -44,8 +43,7 @@ class OperatorApi:
         self.updater = Updater(settings, request_reexec, argv)
         self.status = StatusReader(settings, state, session, lambda: self.updater.upgrading)
         self.backup = BackupMode(settings)
-        self.fencing = fencing if fencing is not None else StateFencing(state)
-        self.partial = ArchivePartial(settings, self.fencing, archive)
+        self.partial = ArchivePartial(settings, state, archive)
 
     def add_routes(self, app: web.Application) -> None:
         protect = self.auth.protect

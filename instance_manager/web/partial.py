@@ -9,6 +9,9 @@ NOT_FENCED -> NOT_EXPECTED_PRIMARY (targetPrimary and currentPrimary must both b
 -> ERROR_WHILE_CREATING_SYMLINK (a hard link, in fact) -> ERROR_WHILE_EXECUTING_WAL_ARCHIVE
 -> 200 {"data": "<segment>"}. The link is always removed.
 
+Fenced means ``InstanceState.fenced``. This daemon has no fencing command that sets it, so
+every call answers NOT_FENCED.
+
 The segment goes through the same path as every WAL file PostgreSQL archives: by default
 the thin client asks the daemon's WAL socket (what archive_command runs).
 """
@@ -20,9 +23,7 @@ import contextlib
 import os
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from aiohttp import web
 
@@ -30,6 +31,7 @@ from instance_manager import log
 from instance_manager.postgres import config, controldata
 from instance_manager.process import spawn
 from instance_manager.settings import Settings
+from instance_manager.state import InstanceState
 from instance_manager.web.jsonapi import data_response, error_response, plain_error
 
 REDO_WAL_KEY = "Latest checkpoint's REDO WAL file"
@@ -39,33 +41,6 @@ _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _logger = log.get("wal-archive")
 
 ArchiveFile = Callable[[Path], Awaitable[None]]
-
-
-class Fencing(Protocol):
-    def is_fenced(self) -> bool: ...
-
-
-@dataclass
-class FenceFlag:
-    """A fencing switch of its own (tests, or a caller that tracks fencing itself)."""
-
-    fenced: bool = False
-
-    def is_fenced(self) -> bool:
-        return self.fenced
-
-
-class StateFencing:
-    """The default: ``InstanceState.fenced``, set by the lifecycle's fencing command.
-
-    Until that field exists the instance is never fenced (NOT_FENCED), as now.
-    """
-
-    def __init__(self, state: object) -> None:
-        self._state = state
-
-    def is_fenced(self) -> bool:
-        return bool(getattr(self._state, "fenced", False))
 
 
 def thin_client_archiver(settings: Callable[[], Settings]) -> ArchiveFile:
@@ -83,16 +58,16 @@ class ArchivePartial:
     def __init__(
         self,
         settings: Callable[[], Settings],
-        fencing: Fencing,
+        state: InstanceState,
         archive: ArchiveFile | None = None,
     ) -> None:
         self._settings = settings
-        self._fencing = fencing
+        self._state = state
         self._archive = archive or thin_client_archiver(settings)
         self._lock = asyncio.Lock()
 
     async def handle(self, _request: web.Request) -> web.Response:
-        if not self._fencing.is_fenced():
+        if not self._state.fenced:
             return error_response(400, "NOT_FENCED")
         s = self._settings()
         pod = s.instance.podName

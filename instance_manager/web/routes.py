@@ -27,8 +27,5 @@ CACHE = CACHE_PREFIX + "{key}"
 PG_BACKUP = "/pg/backup"
 WAL_ARCHIVE_CONDITION = "/cluster/status/condition/wal/archive"
 
-# Keys of the local cache (CNPG's cache keys).
+# The one key of the local cache (CNPG also has wal-archive, wal-restore, wal-restore-config).
 CACHE_CLUSTER = "cluster"
-CACHE_WAL_ARCHIVE = "wal-archive"
-CACHE_WAL_RESTORE = "wal-restore"
-CACHE_WAL_RESTORE_CONFIG = "wal-restore-config"

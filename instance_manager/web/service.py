@@ -22,7 +22,7 @@ from instance_manager.web import routes
 from instance_manager.web.liveness import Liveness
 from instance_manager.web.local_api import LocalApi
 from instance_manager.web.operator import OperatorApi
-from instance_manager.web.partial import ArchiveFile, Fencing
+from instance_manager.web.partial import ArchiveFile
 from instance_manager.web.plugin_backup import PluginBackups
 from instance_manager.web.probes import Checker
 from instance_manager.web.server import build_app, build_local_app, serve
@@ -40,7 +40,6 @@ class WebServices:
         state: InstanceState,
         session: Session,
         *,
-        fencing: Fencing | None = None,
         archive: ArchiveFile | None = None,
         request_reexec: ReexecRequest | None = None,
         argv: list[str] | None = None,
@@ -52,7 +51,6 @@ class WebServices:
             settings,
             state,
             session,
-            fencing=fencing,
             archive=archive,
             request_reexec=request_reexec,
             argv=argv,
