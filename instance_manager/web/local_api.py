@@ -1,6 +1,7 @@
 """The local API (127.0.0.1 only, CNPG's port 8010): what the pod's own commands ask for.
 
-- ``GET /cache/cluster``: the Cluster resource the daemon holds (JSON; GET and HEAD only);
+- ``GET /cache/cluster``: the Cluster resource the daemon holds (JSON; GET and HEAD only),
+  secret-looking plugin parameters replaced by ``<redacted>`` (see ``redacted``);
 - ``/cache/<any other key>``: 404. CloudNativePG also serves ``wal-archive``, ``wal-restore``
   and ``wal-restore-config`` there, values its reconciler caches for the WAL commands; this
   daemon has no reconciler and its WAL commands ask the WAL socket, so nothing is cached;
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -104,7 +106,7 @@ class LocalApi:
     async def cached(self, request: web.Request) -> web.Response:
         if request.match_info["key"] != routes.CACHE_CLUSTER:
             return web.Response(status=404)
-        value = self._settings().cluster.to_json_dict()
+        value = redacted(self._settings().cluster.to_json_dict())
         return web.Response(text=json.dumps(value), content_type="application/json")
 
     async def backup(self, request: web.Request) -> web.Response:
@@ -140,3 +142,29 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise RequestError(400, PARSE_ERROR, "the body must be a Backup object")
     return value
+
+
+# Parameter names that look like credentials: their values never leave the daemon through
+# the local API, which every container of the pod can reach.
+SECRET_NAME = re.compile(r"key|secret|pass|token|cipher", re.IGNORECASE)
+REDACTED = "<redacted>"
+_PLUGIN_KEYS = ("plugin", "plugins", "pluginConfiguration")
+
+
+def redacted(value: Any, in_plugin: bool = False) -> Any:
+    """A copy of a resource with the secret-looking parameters of every plugin configuration
+    (``spec.plugins[]``, ``spec.externalClusters[].plugin``, ``pluginConfiguration``) hidden."""
+    if isinstance(value, list):
+        return [redacted(item, in_plugin) for item in value]
+    if not isinstance(value, dict):
+        return value
+    copy: dict[str, Any] = {}
+    for key, item in value.items():
+        if in_plugin and key == "parameters" and isinstance(item, dict):
+            copy[key] = {
+                name: REDACTED if SECRET_NAME.search(str(name)) else parameter
+                for name, parameter in item.items()
+            }
+        else:
+            copy[key] = redacted(item, key in _PLUGIN_KEYS)
+    return copy

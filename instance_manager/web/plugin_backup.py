@@ -23,6 +23,9 @@ from instance_manager.settings import Settings
 _logger = log.get("backup")
 # A base backup of a large database through object storage can take many hours.
 BACKUP_RPC_TIMEOUT = 24 * 3600.0
+# Backups remembered: the running ones and the latest finished. Any local process may ask
+# for a backup, so a request loop must not grow this without bound.
+MAX_RECORDS = 100
 
 
 class BackupRefused(Exception):
@@ -102,12 +105,23 @@ class PluginBackups:
         running = self.records.get(name)
         if running is not None and running.phase == "running":
             raise BackupRefused(409, f"backup {name} is already running")
+        self.records.pop(name, None)  # a finished one: its name goes to the newest record
+        self._make_room()
         record = BackupRecord(name, plugin)
         self.records[name] = record
         task = asyncio.get_running_loop().create_task(self._run(record, backup, parameters))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return record
+
+    def _make_room(self) -> None:
+        """Forget the oldest finished records so that one more fits; 409 if all are running."""
+        excess = len(self.records) + 1 - MAX_RECORDS
+        finished = [name for name, r in self.records.items() if r.phase != "running"]
+        for name in finished[: max(excess, 0)]:
+            del self.records[name]
+        if len(self.records) >= MAX_RECORDS:
+            raise BackupRefused(409, f"{len(self.records)} backups are already running")
 
     async def wait(self) -> None:
         """Until the running backups are done (tests, shutdown)."""
