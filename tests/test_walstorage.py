@@ -31,6 +31,8 @@ from tests.daemon import (
     Instance,
     base_spec,
     chown_tree,
+    controldata_state,
+    pg_user,
     postmaster_pid,
     wait_for,
 )
@@ -159,6 +161,65 @@ def test_point_in_time_recovery_with_pg_wal_symlinked_to_another_filesystem(
     assert not replica.find("WAL request failed"), replica.tail()
     assert replica.stop() == 0
     assert postmaster_pid(restored.pgdata) is None
+
+
+@pytest.mark.slow
+def test_wal_dir_takes_pg_wal_archives_restores_and_restarts(
+    wal_volume: Path, instance: Instance, plugin: PluginProcess, daemons: Start
+) -> None:
+    wal_dir = wal_volume / "pg_wal"  # absent, in a mount point that belongs to root
+    instance.write_config(plugin_spec(max_parallel=3))
+    first = daemons(instance, "--wal-dir", str(wal_dir))
+    first.wait_ready()
+    link = instance.pgdata / "pg_wal"
+    assert os.readlink(link) == str(wal_dir)
+    assert other_filesystem(wal_dir, instance.pgdata)
+    assert first.find("pg_wal moved to the WAL directory")
+    closed = switch_segments(instance, 3)
+    wait_archived(instance, closed[-1])
+    for name in closed:
+        assert (plugin.storage / name).read_bytes() == (wal_dir / name).read_bytes()
+    destination = link / "RECOVERYXLOG"
+    for name in closed[:2]:
+        done = wal_restore(instance, name, destination)
+        assert done.returncode == 0, done.stderr
+        assert destination.read_bytes() == (plugin.storage / name).read_bytes()
+    destination.unlink()
+    spool = wal_volume / "wal-restore-spool"
+    assert spool / f"{closed[1]}.partial" in restore_destinations(plugin)  # prefetched
+    # The first one straight into pg_wal (the daemon passes the resolved path), the
+    # second one handed over from the spool.
+    assert restore_destinations(plugin).count(wal_dir / "RECOVERYXLOG") == 1
+    assert not first.find(ACROSS_FILESYSTEMS)
+    assert first.stop() == 0
+    second = daemons(instance, "--wal-dir", str(wal_dir))
+    second.wait_ready()
+    assert not second.find("pg_wal moved to the WAL directory")
+    assert sql(instance, "SELECT count(*) FROM w") == [(3,)]
+    assert second.stop() == 0
+    assert controldata_state(instance.pgdata) == "shut down"
+
+
+@pytest.mark.slow
+def test_initdb_puts_pg_wal_on_the_wal_volume(
+    wal_volume: Path, tmp_root: Path, daemons: Start
+) -> None:
+    inst = Instance(tmp_root)
+    inst.write_config(base_spec(walStorage={"size": "1Gi"}))
+    wal_dir = wal_volume / "wal" / "pg_wal"  # its parent is absent too
+    daemon = daemons(inst, "--wal-dir", str(wal_dir))
+    daemon.wait_ready(120)
+    daemon.wait_log("bootstrap complete")
+    assert os.readlink(inst.pgdata / "pg_wal") == str(wal_dir)
+    postgres = pg_user()
+    for directory in (wal_dir.parent, wal_dir, wal_volume / "wal" / "wal-restore-spool"):
+        assert (directory.stat().st_uid, directory.stat().st_mode & 0o777) == (
+            postgres.pw_uid,
+            0o700,
+        ), directory
+    assert any(names.is_segment(p.name) for p in wal_dir.iterdir())
+    assert daemon.stop() == 0
+    assert controldata_state(inst.pgdata) == "shut down"
 
 
 # -- settings and initdb -----------------------------------------------------------------
