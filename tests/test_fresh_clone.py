@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon, Instance, chown_tree, copy_pgdata, kill_postgres, pg_user
+from tests.daemon import (
+    VENV_BIN,
+    Daemon,
+    Instance,
+    chown_tree,
+    copy_pgdata,
+    kill_postgres,
+    pg_user,
+)
 from tests.test_wal import PluginProcess, plugin_spec, switch_segments, wait_archived
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,3 +122,18 @@ def test_a_package_the_account_cannot_read_is_refused_before_anything_is_created
     assert done.returncode == 2, done.stderr
     assert f"postgres cannot read {home / 'project'}" in done.stderr
     assert not target.exists()
+
+
+def test_data_directories_the_account_cannot_reach_are_refused(tmp_root: Path) -> None:
+    """PGDATA and the scratch tree inside a private home: exit 2, naming it, nothing made."""
+    home = tmp_root / "home"
+    home.mkdir()
+    home.chmod(0o700)
+    argv = [
+        str(VENV_BIN / "instance-manager"), "run",
+        "--pg-data", str(home / "data" / "pgdata"), "--scratch-dir", str(home / "data" / "c"),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 2, done.stderr
+    assert f"postgres cannot read {home}," in done.stderr
+    assert list(home.iterdir()) == []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import instance_manager
 from instance_manager.errors import SettingsError
+from instance_manager.settings import Settings
 
 _CHILD_FAILED = 3
 
@@ -41,6 +42,21 @@ def needed_paths() -> list[tuple[str, int]]:
             seen.add(path)
             unique.append((path, mode))
     return unique
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def data_paths(settings: Settings) -> list[tuple[str, int]]:
+    """Directories the account must reach: PGDATA, the WAL directory and the scratch tree,
+    or, for those that do not exist yet, the nearest ancestor that does."""
+    paths = [settings.pgdata, settings.instance.scratchDir]
+    if settings.wal_dir is not None:
+        paths.append(settings.wal_dir)
+    return [(str(_nearest_existing(Path(os.path.abspath(p)))), os.X_OK) for p in paths]
 
 
 def unreadable(owner: pwd.struct_passwd, paths: Iterable[tuple[str, int]]) -> list[str]:
@@ -76,7 +92,8 @@ def check(owner: pwd.struct_passwd, paths: Iterable[tuple[str, int]] | None = No
     if failed:
         raise SettingsError(
             f"instance.user: {owner.pw_name} cannot read {failed[0]}, which the instance manager "
-            "needs after it stops being root; install it where that account can read it "
-            "(container/setup.sh puts the virtualenv under /opt/instance-manager)"
+            "needs after it stops being root; put it where that account can read it "
+            "(container/setup.sh puts the virtualenv under /opt/instance-manager, "
+            "container/standalone.sh the data under /var/lib/instance-manager)"
             + (f" ({len(failed) - 1} more paths)" if len(failed) > 1 else "")
         )
