@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from tests.api_helpers import (
     write_cluster,
 )
 from tests.daemon import chown_tree, postmaster_pid
+from tests.waiting import eventually
 
 __all__ = ["certs", "primary"]  # fixtures
 PACKAGE = Path(instance_manager.__file__).parent
@@ -189,14 +189,7 @@ async def test_refused_builds(primary: Primary, tmp_path: Path) -> None:
         assert (await put(api, good.read_bytes()))[0] == 401
 
 
-def supervisor_reexecs() -> bool:
-    from instance_manager import supervisor
-
-    return "request_reexec" in inspect.getsource(supervisor)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not supervisor_reexecs(), reason="the supervisor does not re-exec yet")
 async def test_reexec_keeps_postgres_running(
     instance: Any, daemons: Any, certs: Certs, tmp_path: Path
 ) -> None:
@@ -215,17 +208,20 @@ async def test_reexec_keeps_postgres_running(
     url = f"https://127.0.0.1:{instance.status_port}"
     context = certs.client("operator")
 
-    async def status() -> dict[str, Any]:
+    async def status() -> dict[str, Any] | None:
+        """/pg/status, or None while the daemon does not answer it (yet)."""
+        assert daemon.proc.poll() is None, daemon.tail()
         connector = aiohttp.TCPConnector(ssl=context)
-        async with aiohttp.ClientSession(connector=connector) as c, c.get(url + "/pg/status") as r:
-            return dict(json.loads(await r.text()))
-
-    for _ in range(600):
         try:
-            before = await status()
-            break
+            async with (
+                aiohttp.ClientSession(connector=connector) as c,
+                c.get(url + "/pg/status") as r,
+            ):
+                return dict(json.loads(await r.text())) if r.status == 200 else None
         except aiohttp.ClientError:
-            await asyncio.sleep(0.1)
+            return None
+
+    before = await eventually(status, 60, "/pg/status over TLS")
     pid = postmaster_pid(instance.pgdata)
     reader, writer = await asyncio.open_connection("127.0.0.1", instance.status_port, ssl=context)
     body = archive.read_bytes()
@@ -233,15 +229,12 @@ async def test_reexec_keeps_postgres_running(
     writer.write(body)
     assert await asyncio.wait_for(reader.read(), 60) == b""  # no answer: EOF, as CNPG expects
     writer.close()
-    after: dict[str, Any] = {}
-    for _ in range(600):
-        try:
-            after = await status()
-            if after["sessionID"] != before["sessionID"]:
-                break
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
+
+    async def replaced() -> dict[str, Any] | None:
+        after = await status()
+        return after if after and after["sessionID"] != before["sessionID"] else None
+
+    after = await eventually(replaced, 60, "the re-executed daemon's /pg/status")
     assert after["executableHash"] == digest
     assert after["instanceManagerVersion"].startswith("9.9.9+")
     assert postmaster_pid(instance.pgdata) == pid

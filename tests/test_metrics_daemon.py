@@ -1,26 +1,18 @@
-"""The daemon itself serving /metrics (once the supervisor runs the metrics server): the
-real Unix-socket connection, a custom query file reloaded on change, a clean quick stop."""
+"""The daemon itself serving /metrics: the real Unix-socket connection, a custom query file
+reloaded on change, a clean quick stop."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import yaml
 
-from instance_manager import supervisor
 from tests.daemon import Daemon, Instance, base_spec, free_port, http_get, wait_for
 from tests.metrics_support import Exposition, parse
 
 Start = Callable[..., Daemon]
-
-pytestmark = pytest.mark.skipif(
-    "MetricsServer" not in inspect.getsource(supervisor),
-    reason="the supervisor does not run the metrics server yet",
-)
 
 
 def write_config(inst: Instance, queries: Path) -> None:

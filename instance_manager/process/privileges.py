@@ -94,6 +94,17 @@ def _give_empty(path: Path, owner: pwd.struct_passwd | None) -> None:
         os.close(fd)
 
 
+def _make_wal_dir(wal_dir: Path, owner: pwd.struct_passwd | None) -> None:
+    """pg_wal's own directory, absent or empty, for initdb or the move of pg_wal to fill; its
+    parent (the WAL volume) is created and given to the account only when absent."""
+    if not wal_dir.parent.exists():
+        os.close(_make(wal_dir.parent, 0o700, owner))
+    if not wal_dir.exists():
+        os.close(_make(wal_dir, 0o700, owner))
+    else:
+        _give_empty(wal_dir, owner)
+
+
 def prepare(settings: Settings) -> None:
     """Create the scratch tree and PGDATA's directory; drop to the target user if root."""
     owner = None
@@ -106,7 +117,10 @@ def prepare(settings: Settings) -> None:
         readable.check(owner)  # before anything is created: name what the account can't read
     _make_scratch(settings, owner)
     pgdata = settings.pgdata
-    os.close(_make(settings.restore_spool, 0o700, owner))
+    if settings.wal_dir is not None:
+        _make_wal_dir(settings.wal_dir, owner)
+    with contextlib.suppress(OSError):  # the restorer reports it and fetches without a spool
+        os.close(_make(settings.restore_spool, 0o700, owner))
     if not pgdata.exists():
         os.close(_make(pgdata, 0o700, owner))
     else:
