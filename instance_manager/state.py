@@ -27,11 +27,27 @@ class InstanceState:
     written_config_hash: str = ""
     loaded_config_hash: str = ""
     pending_restart: tuple[str, ...] = ()
+    # The last configuration reload, when it failed (retried with back-off until it works).
+    reload_error: str = ""
+    reload_failed_at: float | None = None
+    reload_failures: int = 0  # consecutive failures; 0 once a reload works
+    reload_failures_total: int = 0
     postmaster_starts: int = 0
     last_postmaster_exit: str = ""
     started_at: float = field(default_factory=time.time)
     wal_segment_size: int = 16 * 1024 * 1024  # read from pg_controldata at each start
     wal: WalState = field(default_factory=lambda: WalState())
+
+    def reload_failed(self, error: str) -> None:
+        self.reload_error = error
+        self.reload_failed_at = time.time()
+        self.reload_failures += 1
+        self.reload_failures_total += 1
+
+    def reload_succeeded(self) -> None:
+        self.reload_error = ""
+        self.reload_failed_at = None
+        self.reload_failures = 0
 
 
 @dataclass

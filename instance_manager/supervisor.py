@@ -146,7 +146,7 @@ class Supervisor:
         except Exception as exc:
             log.event(_logger, f"{name} failed; stopping", logging.ERROR, error=describe(exc))
             self.exit_code = EXIT_FAILURE
-            self.lifecycle.request_stop()
+            self.lifecycle.request_stop_once()
 
     async def _optional(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         """A component PostgreSQL does not need: its failure is logged, nothing stops."""

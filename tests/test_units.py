@@ -1,64 +1,14 @@
-"""Small pure functions: the shutdown plan, the pidfile parser, Kubernetes quantities."""
+"""Small pure functions: the pidfile parser, Kubernetes quantities (the shutdown plan is
+tested in test_shutdown_budget.py)."""
 
 from __future__ import annotations
 
-import logging
-import signal
 from pathlib import Path
 
 import pytest
 
 from instance_manager.cluster_model import parse_quantity
 from instance_manager.postgres import pidfile
-from instance_manager.postgres.shutdown import IMMEDIATE_TIMEOUT, Stage, plan
-
-SMART, FAST, IMMEDIATE = Stage.SMART, Stage.FAST, Stage.IMMEDIATE
-SKIP_WARNING = "stopDelay is not greater than smartShutdownTimeout: skipping the smart stop"
-
-# --- shutdown.plan -------------------------------------------------------------------------
-
-
-def test_stage_signals_match_pg_ctl_modes() -> None:
-    assert (SMART.value, FAST.value, IMMEDIATE.value) == (
-        signal.SIGTERM,
-        signal.SIGINT,
-        signal.SIGQUIT,
-    )
-    assert IMMEDIATE_TIMEOUT == 60.0
-
-
-@pytest.mark.parametrize(
-    ("smart", "stop_delay", "stages", "warns"),
-    [
-        (180, 1800, [(SMART, 180.0), (FAST, 1800.0), (IMMEDIATE, 60.0)], False),
-        (5, 30, [(SMART, 5.0), (FAST, 30.0), (IMMEDIATE, 60.0)], False),
-        (29, 30, [(SMART, 29.0), (FAST, 30.0), (IMMEDIATE, 60.0)], False),
-        (30, 30, [(FAST, 30.0), (IMMEDIATE, 60.0)], True),
-        (180, 60, [(FAST, 60.0), (IMMEDIATE, 60.0)], True),
-        (0, 1800, [(FAST, 1800.0), (IMMEDIATE, 60.0)], False),
-    ],
-    ids=[
-        "defaults",
-        "short",
-        "smart-just-fits",
-        "stop-delay-equal-skips-smart",
-        "stop-delay-smaller-skips-smart",
-        "smart-disabled",
-    ],
-)
-def test_shutdown_plan(
-    caplog: pytest.LogCaptureFixture,
-    smart: int,
-    stop_delay: int,
-    stages: list[tuple[Stage, float]],
-    warns: bool,
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="instance-manager"):
-        result = plan(smart, stop_delay)
-    assert list(result.stages) == stages
-    assert all(isinstance(bound, float) for _, bound in result.stages)
-    assert (SKIP_WARNING in caplog.messages) is warns
-
 
 # --- pidfile.read --------------------------------------------------------------------------
 

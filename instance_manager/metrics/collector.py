@@ -27,6 +27,7 @@ from instance_manager.metrics.selfstats import (
     Stats,
     default_database,
     queries_ttl,
+    reload_families,
 )
 from instance_manager.metrics.source import QuerySource
 from instance_manager.settings import Settings
@@ -135,6 +136,7 @@ class Collector:
         parts.append(
             gauge(P + "fencing_on", "1 if the instance is fenced, 0 otherwise", float(fenced))
         )
+        parts += reload_families(self.state)
         if facts is not None:
             parts += builtin.server_families(facts, s.cluster, is_primary, errors)
             self._wal_settings = builtin.wal_settings_values(facts.wal_settings, s.cluster)

@@ -11,6 +11,7 @@ from instance_manager.cluster_model import Cluster
 from instance_manager.metrics import archive, builtin
 from instance_manager.metrics.exposition import Family, gauge
 from instance_manager.metrics.versions import parse_go_duration
+from instance_manager.state import InstanceState
 
 P = builtin.P
 DEFAULT_QUERIES_TTL = 30.0  # spec.monitoring.metricsQueriesTTL when unset (CNPG's default)
@@ -33,6 +34,8 @@ BUILTIN_NAMES = (
     "postgres_version",
     "pg_wal_archive_status",
     "pg_wal",
+    "config_reload_failed",
+    "config_reload_failures_total",
     *builtin.STAT_WAL,
     *builtin.STAT_WAL_IO,
 )
@@ -82,6 +85,22 @@ class Stats:
             float(self.last_error),
         )
         return [total, last, errors, up, durations]
+
+
+def reload_families(state: InstanceState) -> list[Family]:
+    """Whether the configuration reload is failing (it is retried), and how often it did."""
+    failed = gauge(
+        P + "config_reload_failed",
+        "1 if the last configuration reload failed (it is being retried), 0 otherwise",
+        float(state.reload_failures > 0),
+    )
+    total = Family(
+        P + "config_reload_failures_total",
+        "Total failed attempts to apply the configuration to PostgreSQL",
+        "counter",
+    )
+    total.add((), float(state.reload_failures_total))
+    return [failed, total]
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 One component for the supervisor's TaskGroup: ``run()`` serves until cancelled, watches
 the custom-query files (reloading them at once) and, with TLS, the server certificate
-(re-read when it is rotated); everything is closed in ``finally``.
+(re-read when it is rotated); everything is closed in ``finally``. A failure (the port is
+taken, the certificate cannot be read, a watcher crashes) is logged and the server starts
+again RESTART_SECONDS later: PostgreSQL does not depend on it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 _logger = log.get("metrics")
 CERT_RECHECK = 30.0  # seconds between checks of the certificate files, with TLS
 SCRAPE_MARGIN = 0.5  # seconds kept from the scraper's timeout for rendering and sending
+RESTART_SECONDS = 5.0  # after a failure, as the local API waits before binding again
 
 
 class MetricsServer:
@@ -66,6 +69,22 @@ class MetricsServer:
         return app
 
     async def run(self) -> None:
+        """Serve until cancelled, starting again after each failure."""
+        while True:
+            try:
+                await self._serve()
+            except Exception as exc:
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                log.event(
+                    _logger,
+                    "metrics server failed; restarting",
+                    logging.ERROR,
+                    error=text,
+                    seconds=RESTART_SECONDS,
+                )
+            await asyncio.sleep(RESTART_SECONDS)
+
+    async def _serve(self) -> None:
         s = self.settings()
         runner = httpd.runner(self.app())
         await runner.setup()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, LiteralString
+from typing import Any
 
 from instance_manager import log
 from instance_manager.errors import NoWALSpaceError, PostmasterExited, SettingsError
@@ -30,22 +31,16 @@ from instance_manager.postgres import (
 )
 from instance_manager.postgres import sql as pgsql
 from instance_manager.postgres.postmaster import Postmaster
+from instance_manager.postgres.reload import Reloader
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
-
-if TYPE_CHECKING:
-    from psycopg import AsyncConnection
 
 _logger = log.get()
 # A postmaster that ran this long before dying resets the restart back-off.
 STABLE_RUN_SECONDS = 60.0
-HASH_CONFIRM_TIMEOUT = 10.0
 LAST_LINES = 20
-HASH_QUERY = "SELECT current_setting('cnpg.config_sha256', true)"
-PENDING_QUERY = (
-    "SELECT coalesce(string_agg(name, ',' ORDER BY name), '') "
-    "FROM pg_settings WHERE pending_restart"
-)
+# A component closing its sessions before a stop gets this long.
+BEFORE_STOP_TIMEOUT = 5.0
 
 
 class Lifecycle:
@@ -65,6 +60,7 @@ class Lifecycle:
         self._stderr: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self.session = pgsql.Session(settings)
         self.stop_requested = asyncio.Event()
+        self.stop_requested_at: float | None = None  # time.monotonic(): stopDelay counts from it
         self.escalate = asyncio.Event()
         self.reload_requested = asyncio.Event()
         # Online upgrade: stop supervising and leave the postmaster running.
@@ -74,14 +70,22 @@ class Lifecycle:
         self.spawned = asyncio.Event()  # initdb or the first postmaster has started
         self.pm: Postmaster | None = None
         self.stopped_by: shutdown.Stage | None = None
+        self.reloader = Reloader(state)
         self._tasks: set[asyncio.Task[None]] = set()  # keeps fire-and-forget tasks alive
         self._data_checksums = False  # from pg_control; decides if wal_log_hints may be off
 
     # -- commands (signal handlers call these; they only set events) --
     def request_stop(self) -> None:
+        """SIGTERM: the first request stops, each further one escalates one stage."""
         if self.stop_requested.is_set():
             self.escalate.set()
         else:
+            self.request_stop_once()
+
+    def request_stop_once(self) -> None:
+        """Stop, but never escalate a stop already under way (a component failed)."""
+        if not self.stop_requested.is_set():
+            self.stop_requested_at = time.monotonic()
             self.stop_requested.set()
 
     def request_reload(self) -> None:
@@ -92,6 +96,35 @@ class Lifecycle:
 
     # -- the loop --
     async def run(self) -> None:
+        """Supervise until stopped. If anything fails, a postmaster still running is stopped
+        (staged, as for SIGTERM) before the error propagates: never left unwatched."""
+        try:
+            await self._loop()
+        except Exception as exc:
+            pm = None if self.detach_requested.is_set() else self._postmaster_to_stop()
+            if pm is not None:
+                log.event(
+                    _logger,
+                    "stopping PostgreSQL after a failure",
+                    logging.ERROR,
+                    pid=pm.pid,
+                    error=" ".join(str(exc).split()) or type(exc).__name__,
+                )
+                await self._shutdown(pm)
+            raise
+
+    def _postmaster_to_stop(self) -> Postmaster | None:
+        """Ours if it still runs; else a live one serving PGDATA, which a start that failed
+        early (writing the configuration, say) was about to adopt."""
+        if self.pm is not None and self.pm.running:
+            return self.pm
+        try:
+            pid = postmaster.adopt_or_clean(self.settings)
+        except OSError:
+            return None
+        return None if pid is None else Postmaster(pid, None)
+
+    async def _loop(self) -> None:
         backoff = 1.0
         while not self.stop_requested.is_set():
             try:
@@ -203,12 +236,14 @@ class Lifecycle:
             if self.state.is_primary and not in_recovery:  # not during archive recovery
                 await bootstrap.ensure_roles(self.settings)
                 await bootstrap.finish_bootstrap(self.settings)
-            if pm.adopted:
-                pm.signal(signal.SIGHUP)  # it may run an older configuration
-            await self._confirm_configuration()
         except Exception as exc:
             if pm.running and not self.stop_requested.is_set():
                 log.event(_logger, "post-start tasks failed", logging.ERROR, error=str(exc))
+        if not pm.running or self.stop_requested.is_set():
+            return
+        if pm.adopted:
+            pm.signal(signal.SIGHUP)  # it may run an older configuration
+        await self.reloader.confirm(self.settings)  # a failure is retried by _supervise
 
     async def _check_wal_space(self) -> None:
         values, raw = await controldata.read(self.settings)
@@ -222,14 +257,19 @@ class Lifecycle:
             raise NoWALSpaceError(f"no room for a WAL segment ({segment} bytes): {free} bytes free")
 
     async def _supervise(self, pm: Postmaster) -> str:
-        """Returns 'stop', or how the postmaster ended."""
+        """Returns 'stop', 'detach', or how the postmaster ended. Meanwhile applies reloads
+        and retries a failed one when it is due."""
         while True:
+            self.reloader.scheduled.clear()
             exit_task = asyncio.ensure_future(pm.wait())
             stop = asyncio.ensure_future(self.stop_requested.wait())
             reload = asyncio.ensure_future(self.reload_requested.wait())
             detach = asyncio.ensure_future(self.detach_requested.wait())
+            retry = asyncio.ensure_future(self.reloader.scheduled.wait())
             done, pending = await asyncio.wait(
-                {exit_task, stop, reload, detach}, return_when=asyncio.FIRST_COMPLETED
+                {exit_task, stop, reload, detach, retry},
+                timeout=self.reloader.retry_in(),
+                return_when=asyncio.FIRST_COMPLETED,
             )
             for task in pending:
                 task.cancel()
@@ -240,8 +280,29 @@ class Lifecycle:
             if exit_task in done:
                 self.state.postmaster_running = False
                 return exit_task.result()
-            self.reload_requested.clear()
-            await self._reload(pm)
+            if reload in done:
+                self.reload_requested.clear()
+                await self._unless_stopped(self._reload(pm))
+            elif not done:  # a failed reload is due for another attempt
+                await self._unless_stopped(self._apply(pm))
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``; a stop request cancels it (a reload must not delay a stop)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _apply(self, pm: Postmaster) -> None:
+        await self.reloader.apply(self.settings, pm, self._data_checksums)
 
     async def _reload(self, pm: Postmaster) -> None:
         try:
@@ -266,47 +327,7 @@ class Lifecycle:
             kubernetes=self.settings.kubernetes,
             pg_bin=self.settings.pg_bin,
         )
-        rendered, changed = config.write_all(self.settings, self._data_checksums)
-        self.state.written_config_hash = rendered.sha256
-        log.event(_logger, "configuration reload requested", changed=changed)
-        pm.signal(signal.SIGHUP)
-        await self._confirm_configuration()
-
-    async def _confirm_configuration(self) -> None:
-        """Wait until PostgreSQL reports the hash we wrote; then read pending restarts.
-
-        On a connection of its own: the probes' session must not queue behind this.
-        """
-        want = self.state.written_config_hash
-        loaded = ""
-        conn = await pgsql.connect(self.settings)
-        async with conn:
-            try:
-                async with asyncio.timeout(HASH_CONFIRM_TIMEOUT):
-                    # PostgreSQL has no "reload done" notification: ask until it says so.
-                    while (loaded := await _fetch_text(conn, HASH_QUERY)) != want:  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-            except TimeoutError:
-                log.event(
-                    _logger,
-                    "configuration not confirmed",
-                    logging.ERROR,
-                    expected=want,
-                    loaded=loaded,
-                )
-            pending = tuple((await _fetch_text(conn, PENDING_QUERY)).split(","))
-        self.state.loaded_config_hash = loaded
-        self.state.pending_restart = tuple(p for p in pending if p)
-        if self.state.pending_restart:
-            log.event(
-                _logger,
-                "configuration applied; some parameters need a restart",
-                logging.WARNING,
-                pending_restart=list(self.state.pending_restart),
-                config_sha256=loaded,
-            )
-        else:
-            log.event(_logger, "configuration applied", config_sha256=loaded)
+        await self._apply(pm)
 
     def _report_exit(self, pm: Postmaster, reason: str) -> None:
         self.state.postmaster_running = False
@@ -332,24 +353,21 @@ class Lifecycle:
     async def _detach(self, pm: Postmaster) -> None:
         """Online upgrade: close our sessions and stop watching; PostgreSQL keeps running."""
         self.state.might_be_unavailable = True
-        for close in self.before_stop:
-            await close()
-        await self.session.close()
+        await self._close_sessions()
         for task in pm.tasks:
             task.cancel()
         log.event(_logger, "detached from the running postmaster", pid=pm.pid)
 
     async def _shutdown(self, pm: Postmaster) -> None:
         """The explicit stop sequence: not ready, close our sessions, staged stop."""
+        started = self.stop_requested_at or time.monotonic()  # stopDelay counts from here
         self.state.stopping = True
         self.state.might_be_unavailable = True
-        for close in self.before_stop:
-            await close()
-        await self.session.close()
+        await self._close_sessions()
         spec = self.settings.cluster.spec
         stop_plan = shutdown.plan(spec.smartShutdownTimeout, spec.stopDelay)
         checkpoint = self._checkpoint if self.state.is_primary else None
-        self.stopped_by = await shutdown.stop(pm, stop_plan, self.escalate, checkpoint)
+        self.stopped_by = await shutdown.stop(pm, stop_plan, self.escalate, checkpoint, started)
         self.state.postmaster_running = False
         log.event(
             _logger,
@@ -357,12 +375,17 @@ class Lifecycle:
             mode=self.stopped_by.name.lower() if self.stopped_by else None,
         )
 
+    async def _close_sessions(self) -> None:
+        """Ours and other components' (a backup): a smart stop waits for every session.
+        Each gets BEFORE_STOP_TIMEOUT; a failure is logged and the stop goes on."""
+        for close in [*self.before_stop, self.session.close]:
+            try:
+                async with asyncio.timeout(BEFORE_STOP_TIMEOUT):
+                    await close()
+            except Exception as exc:
+                log.event(_logger, "closing a session failed", logging.WARNING, error=str(exc))
+
     async def _checkpoint(self) -> None:
         conn = await pgsql.connect(self.settings)
         async with conn:
             await conn.execute("CHECKPOINT")
-
-
-async def _fetch_text(conn: AsyncConnection[Any], query: LiteralString) -> str:
-    row = await (await conn.execute(query)).fetchone()
-    return "" if row is None or row[0] is None else str(row[0])

@@ -1,8 +1,14 @@
-"""Staged shutdown, as CloudNativePG stops PostgreSQL on SIGTERM.
+"""Staged shutdown, as CloudNativePG stops PostgreSQL on SIGTERM, within one deadline.
 
-CHECKPOINT (primary) -> smart stop bounded by smartShutdownTimeout -> fast stop bounded
-by stopDelay -> immediate. The smart stage is skipped when stopDelay does not leave
-room for it. We signal the postmaster ourselves (SIGTERM/SIGINT/SIGQUIT are what
+CHECKPOINT (primary) -> smart stop bounded by smartShutdownTimeout -> fast stop -> immediate.
+The whole sequence fits in stopDelay, the pod's termination grace period: the last
+``reserve`` seconds of it belong to the immediate stage and the exit, the CHECKPOINT and the
+smart and fast stages share the rest. The smart stage is skipped when stopDelay is not
+greater than smartShutdownTimeout (CNPG's rule), and it never takes more than half of the
+time before the immediate stage, so that a fast stop (which ends with a shutdown checkpoint
+instead of crash recovery at the next start) always gets a real chance.
+
+We signal the postmaster ourselves (SIGTERM/SIGINT/SIGQUIT are what
 ``pg_ctl stop -m smart|fast|immediate`` sends) and wait on its exit instead of letting
 pg_ctl poll every 100 ms. Each extra stop request escalates one stage.
 """
@@ -21,10 +27,16 @@ from instance_manager import log
 from instance_manager.postgres.postmaster import Postmaster
 
 _logger = log.get()
-# The immediate stage has no configured bound; PostgreSQL answers SIGQUIT in
-# milliseconds, so this only guards against a wedged kernel.
-IMMEDIATE_TIMEOUT = 60.0
+# Kept at the end of stopDelay for the immediate stage and the exit: PostgreSQL sends
+# SIGKILL to children that ignore SIGQUIT after 5 s (checked with a one-second clock),
+# and the servers close in well under a second.
+IMMEDIATE_RESERVE = 8.0
+# The immediate stage waits at least this long, even past the deadline (standalone mode
+# has no kubelet to kill what is left); the reserve is never smaller when stopDelay allows.
+IMMEDIATE_MIN = 6.0
 CHECKPOINT_TIMEOUT = 600.0
+# The smart stage takes at most this share of the time before the immediate stage.
+SMART_SHARE = 0.5
 
 
 class Stage(enum.Enum):
@@ -35,12 +47,34 @@ class Stage(enum.Enum):
 
 @dataclass(frozen=True)
 class Plan:
-    stages: tuple[tuple[Stage, float], ...]
+    """A shutdown within ``budget`` seconds (stopDelay). ``smart`` is 0 when skipped."""
+
+    budget: float
+    smart: float
+    reserve: float
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        first = (Stage.SMART,) if self.smart > 0 else ()
+        return (*first, Stage.FAST, Stage.IMMEDIATE)
+
+    def bound(self, stage: Stage | None, elapsed: float) -> float:
+        """Seconds that ``stage`` (None: the CHECKPOINT) may take, ``elapsed`` s into the stop."""
+        if stage is Stage.IMMEDIATE:
+            return max(self.budget - elapsed, IMMEDIATE_MIN)
+        before_immediate = max(0.0, self.budget - self.reserve - elapsed)
+        if stage is Stage.SMART:
+            return min(self.smart, before_immediate)
+        if stage is None:
+            return min(CHECKPOINT_TIMEOUT, before_immediate)
+        return before_immediate
 
 
 def plan(smart_timeout: int, stop_delay: int) -> Plan:
-    """The stages and their bounds (seconds) for a SIGTERM shutdown."""
-    stages: list[tuple[Stage, float]] = []
+    """The budget of a SIGTERM shutdown: ``stop_delay`` seconds for everything."""
+    budget = float(stop_delay)
+    reserve = min(IMMEDIATE_RESERVE, max(IMMEDIATE_MIN, budget / 2), budget)
+    smart = 0.0
     if stop_delay <= smart_timeout:
         log.event(
             _logger,
@@ -50,10 +84,8 @@ def plan(smart_timeout: int, stop_delay: int) -> Plan:
             smartShutdownTimeout=smart_timeout,
         )
     elif smart_timeout > 0:
-        stages.append((Stage.SMART, float(smart_timeout)))
-    stages.append((Stage.FAST, float(stop_delay)))
-    stages.append((Stage.IMMEDIATE, IMMEDIATE_TIMEOUT))
-    return Plan(tuple(stages))
+        smart = min(float(smart_timeout), (budget - reserve) * SMART_SHARE)
+    return Plan(budget, smart, reserve)
 
 
 async def _wait_stage(pm: Postmaster, timeout: float, escalate: asyncio.Event) -> str:
@@ -75,30 +107,52 @@ async def _wait_stage(pm: Postmaster, timeout: float, escalate: asyncio.Event) -
     return "timeout"
 
 
+async def _checkpoint(checkpoint: Callable[[], Awaitable[None]], timeout: float) -> None:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            await checkpoint()
+        log.event(
+            _logger,
+            "checkpoint before shutdown done",
+            duration=round(time.monotonic() - started, 3),
+        )
+    except Exception as exc:  # a failed CHECKPOINT must not stop the shutdown
+        log.event(_logger, "checkpoint before shutdown failed", logging.WARNING, error=str(exc))
+
+
 async def stop(
     pm: Postmaster,
     stop_plan: Plan,
     escalate: asyncio.Event,
     checkpoint: Callable[[], Awaitable[None]] | None,
+    started: float | None = None,
 ) -> Stage | None:
-    """Run the plan; returns the stage that stopped PostgreSQL (None if it never did)."""
+    """Run the plan; returns the stage that stopped PostgreSQL (None if it never did).
+
+    ``started`` (time.monotonic()) is when the stop was requested: the budget counts
+    from there.
+    """
+    begin = time.monotonic() if started is None else started
+
+    def elapsed() -> float:
+        return time.monotonic() - begin
+
     if checkpoint is not None and pm.running and not escalate.is_set():
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(CHECKPOINT_TIMEOUT):
-                await checkpoint()
-            log.event(
-                _logger,
-                "checkpoint before shutdown done",
-                duration=round(time.monotonic() - started, 3),
-            )
-        except Exception as exc:  # a failed CHECKPOINT must not stop the shutdown
-            log.event(_logger, "checkpoint before shutdown failed", logging.WARNING, error=str(exc))
-    for stage, timeout in stop_plan.stages:
+        timeout = stop_plan.bound(None, elapsed())
+        if timeout > 0:
+            await _checkpoint(checkpoint, timeout)
+    for stage in stop_plan.stages:
         if not pm.running:
             return stage
-        started = time.monotonic()
-        log.event(_logger, "requesting shutdown", mode=stage.name.lower(), timeout=timeout)
+        timeout = stop_plan.bound(stage, elapsed())
+        if timeout <= 0:
+            log.event(_logger, "no time left for this shutdown stage", mode=stage.name.lower())
+            continue
+        stage_start = time.monotonic()
+        log.event(
+            _logger, "requesting shutdown", mode=stage.name.lower(), timeout=round(timeout, 3)
+        )
         pm.signal(stage.value)
         outcome = await _wait_stage(pm, timeout, escalate)
         log.event(
@@ -106,7 +160,7 @@ async def stop(
             "shutdown stage ended",
             mode=stage.name.lower(),
             outcome=outcome,
-            duration=round(time.monotonic() - started, 3),
+            duration=round(time.monotonic() - stage_start, 3),
         )
         if outcome == "exited":
             return stage

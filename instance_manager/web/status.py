@@ -124,6 +124,8 @@ class StatusReader:
             "pod": status_sql.pod(self._settings().instance.podName),
             "instanceManagerVersion": __version__,
             "mightBeUnavailable": self._state.might_be_unavailable,
+            "configurationReloadError": self._state.reload_error,
+            "configurationReloadFailures": self._state.reload_failures,
         }
 
     async def read(self) -> dict[str, Any]:

@@ -121,6 +121,10 @@ FIELDS: tuple[tuple[str, bool], ...] = (
     ("pod", False),
     ("mightBeUnavailableMaskedError", True),
     ("loadedConfigurationHash", True),
+    # Not in CNPG's PostgresqlStatus (the operator ignores unknown fields): the last
+    # configuration reload failed and is being retried.
+    ("configurationReloadError", True),
+    ("configurationReloadFailures", True),
     ("lastArchivedWAL", True),
     ("lastArchivedWALTime", True),
     ("lastFailedWAL", True),
