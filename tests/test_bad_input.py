@@ -7,14 +7,11 @@ route), so a new endpoint is covered here without editing this file.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
-import shutil
 import socket
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +26,17 @@ from instance_manager.web.jsonapi import (
     decode_object,
     nesting_depth,
 )
-from instance_manager.web.server import OPENAPI_FILE
-from tests.api_helpers import Certs, api_spec, make_certs, operator_status, write_cluster
-from tests.conftest import make_root
-from tests.daemon import (
-    Daemon,
-    Instance,
-    chown_tree,
-    copy_pgdata,
-    free_port,
-    kill_postgres,
-    rmtree,
-    wait_for,
+from tests.daemon import Daemon, Instance, free_port, wait_for
+from tests.served_daemon import (
+    DOC,
+    Served,
+    json_body_operations,
+    read_only_paths,
+    server_of,
+    target,
+    tls_daemon,
 )
 
-DOC: dict[str, Any] = json.loads(OPENAPI_FILE.read_text())
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 ADDRESS_IN_USE = "address already in use"
 
@@ -125,108 +118,10 @@ def test_a_logged_group_names_its_cause() -> None:
 # -- a running daemon ---------------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    inst: Instance
-    daemon: Daemon
-    certs: Certs
-
-    def port(self, server: str) -> int:
-        return {
-            "status": self.inst.status_port,
-            "local": self.inst.local_port,
-            "metrics": self.inst.metrics_port,
-        }[server]
-
-    def connection(self, server: str, who: str | None = "operator") -> http.client.HTTPConnection:
-        port = self.port(server)
-        if server == "status":
-            context = self.certs.client(who)
-            return http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
-        return http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-
-    def request(
-        self, server: str, method: str, target: str, body: bytes | None = None
-    ) -> tuple[int, http.client.HTTPMessage, str]:
-        conn = self.connection(server)
-        try:
-            conn.request(method, target, body=body)
-            resp = conn.getresponse()
-            return resp.status, resp.headers, resp.read().decode(errors="replace")
-        finally:
-            conn.close()
-
-    def errors(self) -> list[dict[str, Any]]:
-        return [line for line in self.daemon.lines() if line.get("level") == "error"]
-
-
-def server_of(path: str) -> str:
-    servers = DOC["paths"][path].get("servers")
-    if not servers:
-        return "status"
-    return "metrics" if servers[0]["url"].endswith(":9187") else "local"
-
-
-def operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for path, item in DOC["paths"].items():
-        for method, op in item.items():
-            if method in ("get", "put", "post", "delete", "patch"):
-                yield path, method.upper(), op
-
-
-def target(path: str) -> str:
-    # The only query a body endpoint requires (/pg/backup's name), and a real cache key.
-    return path.replace("{key}", "cluster") + ("?name=x" if path == "/pg/backup" else "")
-
-
-def json_body_operations() -> list[tuple[str, str]]:
-    return [
-        (path, method)
-        for path, method, op in operations()
-        if "application/json" in op.get("requestBody", {}).get("content", {})
-    ]
-
-
-def read_only_paths() -> list[str]:
-    return [
-        path
-        for path, item in DOC["paths"].items()
-        if {m for m in item if m in ("get", "put", "post", "delete", "patch")} == {"get"}
-        and not item.get("x-any-method")
-    ]
-
-
-def answers(served: Served) -> bool:
-    try:
-        return served.request("status", "GET", "/readyz")[0] == 200
-    except (OSError, http.client.HTTPException):
-        return False
-
-
 @pytest.fixture(scope="module")
 def served(template_pgdata: Path) -> Iterator[Served]:
-    """A primary whose status port has TLS and pins the test operator's certificate."""
-    root = make_root()
-    inst = Instance(root)
-    copy_pgdata(template_pgdata, inst.pgdata)
-    certs = make_certs(root / "certs")
-    write_cluster(inst, api_spec(), operator_status(certs), {"statusPortTLS": True})
-    tls_dir = inst.scratch / "certificates"
-    tls_dir.mkdir(parents=True)
-    for name in ("server.crt", "server.key"):
-        shutil.copy(certs.directory / name, tls_dir / name)
-    (tls_dir / "server.key").chmod(0o600)
-    chown_tree(inst.scratch)
-    daemon = Daemon(inst)
-    result = Served(inst, daemon, certs)
-    try:
-        wait_for(lambda: answers(result), 60, "the TLS status port to answer /readyz")
-        yield result
-        assert daemon.stop() == 0, daemon.tail()
-    finally:
-        daemon.kill()
-        kill_postgres(inst.pgdata)
-        rmtree(root)
+    with tls_daemon(template_pgdata) as running:
+        yield running
 
 
 @pytest.mark.slow
@@ -253,7 +148,7 @@ def test_deep_json_to_any_route_is_no_5xx(served: Served) -> None:
             status, _, text = served.request(server, method, target(path), DEEPEST[0])
             if (path, method) != ("/update", "PUT"):
                 assert status < 500, (method, path, status, text)
-    assert answers(served)
+    assert served.answers()
 
 
 @pytest.mark.slow
@@ -327,7 +222,7 @@ def test_malformed_requests_are_not_daemon_errors(served: Served) -> None:
         if answer.startswith(b"HTTP/1."):
             status = int(answer.split(b" ", 2)[1])
             assert status < 500, (server, data[:80], answer[:200])
-    assert answers(served)
+    assert served.answers()
 
     def refusals() -> list[dict[str, Any]]:
         return [line for line in served.daemon.lines() if line.get("msg") == "bad request"]
