@@ -19,6 +19,7 @@ import pytest
 
 from instance_manager import settings as settings_module
 from instance_manager.errors import SettingsError, WalNotFound
+from instance_manager.pgbackrest import PLUGIN_NAME
 from instance_manager.postgres import bootstrap, waldir
 from instance_manager.settings import CNPG_WAL_DIR, Settings
 from instance_manager.state import WalState
@@ -36,6 +37,8 @@ from tests.daemon import (
     postmaster_pid,
     wait_for,
 )
+from tests.pgbackrest_kit import SidecarProcess, make_dir, pgbackrest_spec
+from tests.test_pgbackrest import take_backup
 from tests.test_wal import (
     PLUGIN,
     PluginProcess,
@@ -220,6 +223,48 @@ def test_initdb_puts_pg_wal_on_the_wal_volume(
     assert any(names.is_segment(p.name) for p in wal_dir.iterdir())
     assert daemon.stop() == 0
     assert controldata_state(inst.pgdata) == "shut down"
+
+
+@pytest.mark.slow
+def test_recovery_bootstrap_replays_on_the_wal_volume(
+    wal_volume: Path, instance: Instance, daemons: Start
+) -> None:
+    """pgBackRest restores pg_wal as a directory: it is moved before recovery replays."""
+    repo = make_dir(instance.root / "repo")
+    sidecar = SidecarProcess(instance).start()
+    try:
+        instance.write_config(pgbackrest_spec(repo))
+        source = daemons(instance)
+        source.wait_ready()
+        take_backup(instance, sidecar, "base", "full")
+        sql(instance, "CREATE TABLE kept AS SELECT g FROM generate_series(1, 100) g")
+        sql(instance, "SELECT pg_create_restore_point('walstorage_target')")
+        sql(instance, "INSERT INTO kept SELECT g FROM generate_series(101, 150) g")
+        wait_archived(instance, switch_segments(instance, 2)[-1])
+        assert source.stop() == 0
+    finally:
+        sidecar.stop()
+    restored = Instance(make_dir(instance.root / "r"))
+    spec = pgbackrest_spec(repo, stanza="pitr")
+    origin = {"name": PLUGIN_NAME, "parameters": {"stanza": "main", "repo1-path": str(repo)}}
+    spec["externalClusters"] = [{"name": "origin", "plugin": origin}]
+    target = {"targetName": "walstorage_target"}
+    spec["bootstrap"] = {"recovery": {"source": "origin", "recoveryTarget": target}}
+    restored.write_config(spec)
+    wal_dir = wal_volume / "pg_wal"
+    restored_sidecar = SidecarProcess(restored).start()
+    try:
+        daemon = daemons(restored, "--wal-dir", str(wal_dir))
+        daemon.wait_ready(180)
+        messages = daemon.messages()
+        moved = messages.index("pg_wal moved to the WAL directory")
+        assert moved < messages.index("recovery bootstrap complete"), daemon.tail()
+        assert sql(restored, "SELECT count(*), max(g) FROM kept") == [(100, 100)]
+        assert os.readlink(restored.pgdata / "pg_wal") == str(wal_dir)
+        assert not (restored.pgdata / waldir.OLD_NAME).exists()
+        assert daemon.stop() == 0
+    finally:
+        restored_sidecar.stop()
 
 
 # -- settings and initdb -----------------------------------------------------------------

@@ -33,7 +33,7 @@ from instance_manager.cluster_model import Cluster
 from instance_manager.errors import InstanceManagerError, PluginError
 from instance_manager.plugins._gen import identity_pb2, restore_job_pb2, restore_job_pb2_grpc
 from instance_manager.plugins.connection import LOAD_TIMEOUT, Plugin, describe
-from instance_manager.postgres import config, postmaster, shutdown
+from instance_manager.postgres import config, postmaster, shutdown, waldir
 from instance_manager.postgres import sql as pgsql
 from instance_manager.settings import Settings
 from instance_manager.wal.backend import SKIP_EMPTY_CHECK_ANNOTATION
@@ -103,6 +103,8 @@ async def restore_from_plugin(settings: Settings) -> None:
         restore_config = await call_restore(settings, name)
         write_recovery_settings(settings.pgdata, name, restore_config)
         config.write_atomic(marker, RECOVERING + "\n", 0o600)
+    # A restore brings pg_wal back as a directory: recovery replays on the WAL volume.
+    await asyncio.to_thread(waldir.place, settings)
     await recover(settings)
     clear_recovery_settings(settings.pgdata)
     marker.unlink()
