@@ -248,13 +248,14 @@ class Spec(Strict, frozen=True):
     livenessProbeTimeout: NonNegative | None = None
     plugins: list[PluginConfiguration] = field(default_factory=list)
     wal: WalSettings | None = None
+    # Set: pg_wal lives on its own volume (Settings.wal_dir); its size feeds the metrics.
+    walStorage: dict[str, Any] | None = None
     # Operator-side fields: accepted so a real manifest loads, not used by the instance.
     description: str | None = None
     imageName: str | None = None
     imageCatalogRef: dict[str, Any] | None = None
     imagePullPolicy: str | None = None
     storage: dict[str, Any] | None = None
-    walStorage: dict[str, Any] | None = None
     tablespaces: list[dict[str, Any]] | None = None
     resources: dict[str, Any] | None = None
     affinity: dict[str, Any] | None = None
