@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,3 +83,40 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests import installed_copy
 
     installed_copy.sync()
+
+
+# --- CI: a skip is a failure unless tests/allowed_skips.py lists it ------------------------
+
+
+def _refuse_unlisted_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """With CI set, turn the skip ``report`` describes into a failure naming its reason."""
+    import fnmatch
+
+    from tests.allowed_skips import ALLOWED_SKIPS
+
+    if not os.environ.get("CI") or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    if any(fnmatch.fnmatchcase(report.nodeid, pattern) for pattern in ALLOWED_SKIPS):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped in CI but not listed in tests/allowed_skips.py: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _refuse_unlisted_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _refuse_unlisted_skip(report)
+    return report

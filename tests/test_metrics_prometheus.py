@@ -57,9 +57,8 @@ async def wait_for_series(base: str, promql: str, timeout: float = 60.0) -> list
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(PROMETHEUS is None, reason="needs the Debian package prometheus")
 async def test_prometheus_scrapes_us(template_pgdata: Path, tmp_path: Path) -> None:
-    assert PROMETHEUS is not None
+    assert PROMETHEUS is not None, "prometheus is not installed (container/setup.sh --dev)"
     with running_postgres(template_pgdata) as (inst, _):
         settings = write_settings(inst, tmp_path / "cluster.yaml")
         server = MetricsServer(

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.daemon import Daemon, Instance, controldata_state, wait_for
 
 Start = Callable[..., Daemon]
 UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc")
-
-pytestmark = pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
 
 
 def children(pid: int) -> list[int]:
