@@ -2,9 +2,11 @@
 
 Each iteration prepares PGDATA (initdb on first start, configuration files, WAL space),
 starts or adopts the postmaster, then waits for whichever comes first: the postmaster's
-exit, a stop request, or a reload request. An unexpected exit either ends the loop with
-an error (the container restarts, CNPG's behaviour) or restarts PostgreSQL in place
-after a growing back-off (standalone mode).
+exit, a stop request, a reload request, or the retry of a reload that failed (reload.py).
+An unexpected exit either ends the loop with an error (the container restarts, CNPG's
+behaviour) or restarts PostgreSQL in place after a growing back-off (standalone mode).
+Any other failure stops a postmaster that still runs, staged as for SIGTERM, before the
+error leaves ``run()``: the daemon never exits leaving PostgreSQL unwatched.
 """
 
 from __future__ import annotations
@@ -114,10 +116,10 @@ class Lifecycle:
             raise
 
     def _postmaster_to_stop(self) -> Postmaster | None:
-        """Ours if it still runs; else a live one serving PGDATA, which a start that failed
-        early (writing the configuration, say) was about to adopt."""
-        if self.pm is not None and self.pm.running:
-            return self.pm
+        """Ours if it still runs. Before the first start got that far: a live one serving
+        PGDATA, which the start (failing early, writing the configuration, say) would adopt."""
+        if self.pm is not None:
+            return self.pm if self.pm.running else None
         try:
             pid = postmaster.adopt_or_clean(self.settings)
         except OSError:
