@@ -35,6 +35,7 @@ from tests.daemon import (
     kill_postgres,
     rmtree,
 )
+from tests.waiting import eventually
 
 
 @contextmanager
@@ -173,13 +174,10 @@ class ServerTask:
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ServerTask:
-        self.task = asyncio.create_task(self.server.run())
-        for _ in range(200):
-            if self.server.port is not None or self.task.done():
-                break
-            await asyncio.sleep(0.01)
-        if self.task.done():
-            self.task.result()
+        task = self.task = asyncio.create_task(self.server.run())
+        await eventually(lambda: self.server.port is not None or task.done(), 5, "the server")
+        if task.done():
+            task.result()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -17,6 +17,7 @@ import psycopg
 
 from tests.api_helpers import Api, Primary, certs, pg, primary, serve_api
 from tests.daemon import PG_BIN, chown_tree, free_port, wait_for
+from tests.waiting import eventually
 
 __all__ = ["certs", "primary"]  # fixtures
 URL = "/pg/mode/backup"
@@ -34,14 +35,15 @@ async def call(client: aiohttp.ClientSession, api: Api, method: str, body: Any =
 
 
 async def wait_phase(client: aiohttp.ClientSession, api: Api, phase: str) -> dict[str, Any]:
-    for _ in range(600):
+    async def reached() -> dict[str, Any] | None:
         code, body = await call(client, api, "GET")
         if code == 200 and body.get("data", {}).get("phase") == phase:
             return dict(body)
         assert code in (200, 422), body
         assert "error" not in body or body["error"]["code"] == "ANOTHER_REQUEST_IN_PROGRESS"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"phase {phase} not reached")
+        return None
+
+    return await eventually(reached, 30, f"phase {phase}")
 
 
 _SKIPPED = {"postmaster.pid", "postmaster.opts"}
@@ -184,11 +186,12 @@ async def test_failed_backup_is_reported(primary: Primary) -> None:
     pg(primary.conninfo(), "SELECT pg_create_physical_replication_slot('dup')")  # taken
     async with serve_api(primary.settings(), primary.certs) as api, api.client() as client:
         assert (await call(client, api, "POST", {"backupName": name}))[0] == 200
-        for _ in range(100):
+
+        async def failed() -> dict[str, Any] | None:
             code, body = await call(client, api, "GET")
-            if code == 200 and "error" in body:
-                break
-            await asyncio.sleep(0.05)
+            return dict(body) if code == 200 and "error" in body else None
+
+        body = await eventually(failed, 5, "the backup error to be reported")
         assert body["error"]["code"] == "BACKUP_STATUS_CONTAINS_ERROR"
         assert 'replication slot "dup" already exists' in body["error"]["message"]
         assert body["data"]["phase"] == "starting"

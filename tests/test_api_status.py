@@ -163,7 +163,9 @@ class CountingSession(Session):
 
     async def fetchone(self, query: str, timeout: float = 5.0) -> tuple[object, ...] | None:
         self.statements += 1
-        await asyncio.sleep(0.05)  # long enough for the other requests to pile up
+        # A deliberate delay, not a synchronisation: the other 19 requests arrive while this
+        # reading runs, and nothing observable marks the moment they all wait for it.
+        await asyncio.sleep(0.05)
         return await super().fetchone(query, timeout)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
 import json
 import logging
@@ -11,7 +12,9 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import tempfile
+import termios
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ from instance_manager.postgres.logpipe import (
     parse_pgaudit,
     severity_level,
 )
+from tests.waiting import eventually
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -213,6 +217,24 @@ async def wait_for(out: io.StringIO, done: Callable[[Lines], bool], within: floa
             await asyncio.sleep(0.01)
 
 
+async def pumping() -> None:
+    """Wait until ``LogPipes.run()`` pumps its three FIFOs (its named tasks exist)."""
+
+    async def started() -> bool:
+        return sum(t.get_name().startswith("logpipe ") for t in asyncio.all_tasks()) == 3
+
+    await eventually(started, 5, "the three log pipe pumps")
+
+
+def unread(path: Path) -> int:
+    """Bytes written to the FIFO ``path`` that its reader has not read yet."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # a reader exists: no ENXIO
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+    finally:
+        os.close(fd)
+
+
 def write_fifo(path: Path, data: bytes) -> None:
     """Blocking write of all of ``data`` (run it in a thread for big payloads)."""
     fd = os.open(path, os.O_WRONLY)
@@ -264,7 +286,7 @@ def test_prepare_creates_fifos(tmp_path: Path) -> None:
 
 async def _cancel_soon(pipes: LogPipes) -> None:
     task = asyncio.create_task(pipes.run())
-    await asyncio.sleep(0.05)
+    await pumping()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -275,7 +297,7 @@ async def test_csv_pipe(running: tuple[LogPipes, io.StringIO]) -> None:
     text = pg_csv(pg_fields(error_severity="ERROR", message='multi\n"line"'))
     # One record split over two writes, in the middle of the quoted message.
     write_fifo(pipes.csv_path, text[:-12].encode())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: unread(pipes.csv_path) == 0, 5, "the first part to be read")
     write_fifo(pipes.csv_path, text[-12:].encode())
     lines = await wait_for(out, lambda lines: len(lines) >= 1)
     assert lines[0]["logger"] == "postgres"
@@ -343,7 +365,7 @@ async def test_error_reopens_pipe(
     pipes = LogPipes(tmp_path / "log", out=out)
     task = asyncio.create_task(pipes.run())
     try:
-        await asyncio.sleep(0.05)
+        await pumping()
         with caplog.at_level(logging.ERROR, logger="instance-manager"):
             write_fifo(pipes.raw_path, b"lost\n")
             async with asyncio.timeout(5):
@@ -371,13 +393,13 @@ async def test_cancel_closes_fds(tmp_path: Path) -> None:
     before = open_fds()
     pipes = LogPipes(tmp_path / "log", out=io.StringIO())
     task = asyncio.create_task(pipes.run())
-    await asyncio.sleep(0.05)
+    await pumping()
     assert len(open_fds() - before) >= 6
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0)  # let the transports' connection_lost callbacks run
-    assert open_fds() == before
+    # The transports close their fds in connection_lost callbacks, on a later loop turn.
+    await eventually(lambda: open_fds() == before, 1, "every fd to be closed")
 
 
 # --- real PostgreSQL 15 ----------------------------------------------------------------

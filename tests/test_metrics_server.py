@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import psycopg
 import pytest
 
+from instance_manager.metrics.connections import APPLICATION_NAME
 from instance_manager.metrics.queries import DEFAULT_QUERIES, load_yaml
 from instance_manager.metrics.server import MetricsServer
 from tests.daemon import Instance, chown_tree
@@ -25,6 +27,7 @@ from tests.metrics_support import (
     tcp_connector,
     write_settings,
 )
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 # Lint rules CloudNativePG's own metric names break (we keep the names for compatibility).
@@ -157,6 +160,14 @@ async def test_query_files_are_reloaded_when_they_change(pg: Instance, tmp_path:
         await wait_for_metric(running.url, "cnpg_second_v")
 
 
+def exporter_sessions(inst: Instance) -> int:
+    """The metrics exporter's sessions open on ``inst`` (asked over a session of our own)."""
+    with psycopg.connect(inst.conninfo(), autocommit=True) as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        row = conn.execute(query, (APPLICATION_NAME,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 async def test_postgres_stopped_answers_up_zero(template_pgdata: Path, tmp_path: Path) -> None:
     with running_postgres(template_pgdata) as (inst, daemon):
         settings = write_settings(inst, tmp_path / "c.yaml")
@@ -168,7 +179,7 @@ async def test_postgres_stopped_answers_up_zero(template_pgdata: Path, tmp_path:
             # What the lifecycle does first: our idle sessions go, so the smart stop that
             # follows does not wait for them (smartShutdownTimeout is 5 s here).
             state.stopping = state.might_be_unavailable = True
-            await asyncio.sleep(0.3)
+            await eventually(lambda: not exporter_sessions(inst), 5, "the exporter to disconnect")
             started = asyncio.get_running_loop().time()
             assert await asyncio.to_thread(daemon.stop) == 0
             assert asyncio.get_running_loop().time() - started < 4

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 import subprocess
@@ -18,8 +17,9 @@ from instance_manager import settings as settings_mod
 from instance_manager.cluster_model import ProbeWithStrategy
 from instance_manager.postgres.sql import Session
 from instance_manager.state import InstanceState
-from instance_manager.web.probes import Checker
+from instance_manager.web.probes import Checker, Result
 from tests.daemon import PG_BIN, Daemon, Instance, base_spec, free_port, http_get, wait_for
+from tests.waiting import eventually
 
 Start = Callable[..., Daemon]
 
@@ -143,10 +143,7 @@ async def test_streaming_standby_passes_then_fails_when_lagging(
     async def connected() -> bool:
         return (await checker.check(streaming(), startup=False)).ok
 
-    for _ in range(100):
-        if await connected():
-            break
-        await asyncio.sleep(0.1)
+    await eventually(connected, 10, "the standby to stream")
     assert (await checker.check(streaming("1Gi"), startup=False)).ok
     # Pause replay, then write WAL on the primary: the received-but-unreplayed gap grows.
     with psycopg.connect(standby.conninfo(), autocommit=True) as conn:
@@ -155,13 +152,12 @@ async def test_streaming_standby_passes_then_fails_when_lagging(
         conn.execute(
             "CREATE TABLE lag AS SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g"
         )
-    result = None
-    for _ in range(100):
+
+    async def lagging() -> Result | None:
         result = await checker.check(streaming("1Ki"), startup=False)
-        if not result.ok:
-            break
-        await asyncio.sleep(0.1)
-    assert result is not None and not result.ok
+        return None if result.ok else result
+
+    result = await eventually(lagging, 10, "the lag to exceed 1 KiB")
     assert result.message.startswith("streaming replica lagging; detectedLag=")
     assert "configuredLag=1024" in result.message
     assert (await checker.check(streaming(), startup=False)).ok  # no limit: connected is enough

@@ -12,12 +12,14 @@ from instance_manager.state import WalState
 from instance_manager.wal import names
 from instance_manager.wal.archiver import Archiver
 from instance_manager.wal.restorer import Restorer
+from tests.waiting import eventually
 
 SEG = "000000010000000000000010"
 
 
 class Backend:
-    """Stores archived files in a dict; serves restores from another dict."""
+    """Stores archived files in a dict; serves restores from another dict. ``delay`` is the
+    latency of a plugin call (so that look-ahead work overlaps)."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
@@ -49,6 +51,20 @@ def pg_wal(root: Path, segments: list[str]) -> Path:
     return wal
 
 
+def background() -> set[asyncio.Task[object]]:
+    """This loop's unfinished tasks other than the test itself: look-ahead and prefetch work."""
+    return asyncio.all_tasks() - {asyncio.current_task()}
+
+
+async def settled() -> None:
+    """Wait, with a deadline, until every look-ahead or prefetch task has finished."""
+
+    async def idle() -> bool:
+        return not background()
+
+    await eventually(idle, 5, "the look-ahead and prefetch tasks to finish")
+
+
 def archiver(tmp_path: Path, backend: Backend, parallel: int, state: WalState) -> Archiver:
     a = Archiver(backend, tmp_path / "spool", lambda: parallel, state)
     a.prepare()
@@ -61,7 +77,7 @@ async def test_look_ahead_marks_then_short_circuits(tmp_path: Path) -> None:
     backend, state = Backend(delay=0.01), WalState()
     a = archiver(tmp_path, backend, 4, state)
     await a.archive(wal / segs[0])
-    await asyncio.sleep(0.1)  # the three look-ahead uploads finish
+    await settled()  # the three look-ahead uploads
     assert sorted(backend.archived) == segs
     for name in segs[1:]:
         await a.archive(wal / name)
@@ -78,7 +94,7 @@ async def test_markers_survive_a_restart_and_failures_leave_none(tmp_path: Path)
     backend.fail.add(segs[2])
     first = archiver(tmp_path, backend, 3, WalState())
     await first.archive(wal / segs[0])
-    await asyncio.sleep(0.05)
+    await settled()  # one look-ahead upload succeeded, the other failed
     await first.close()
     assert (tmp_path / "spool" / segs[1]).exists()
     assert not (tmp_path / "spool" / segs[2]).exists()
@@ -118,7 +134,7 @@ async def test_prefetch_hands_each_file_over_once(tmp_path: Path) -> None:
     for name in segs:
         await r.restore(name, dest, rewind=False)
         assert dest.read_bytes() == name.encode()
-        await asyncio.sleep(0.02)
+        await settled()
     assert [c[0] for c in backend.restore_calls].count(segs[1]) == 1
     assert state.restored_from_spool == 3
     with pytest.raises(WalNotFound):
@@ -134,14 +150,15 @@ async def test_other_timelines_are_dropped_and_rewind_fetches_exactly(tmp_path: 
     r = restorer(tmp_path, backend, 2, state)
     dest = tmp_path / "RECOVERYXLOG"
     await r.restore(SEG, dest, rewind=False)
-    await asyncio.sleep(0.02)
+    await settled()
     assert (tmp_path / "rspool" / next_tl1).exists()
     await r.restore(tl2, dest, rewind=False)
     assert not (tmp_path / "rspool" / next_tl1).exists()
+    await settled()
     calls = len(backend.restore_calls)
     await r.restore(SEG, dest, rewind=True)
-    await asyncio.sleep(0.02)
-    assert backend.restore_calls[calls:] == [(SEG, True)]  # no prefetch in rewind mode
+    assert not background()  # no prefetch started in rewind mode
+    assert backend.restore_calls[calls:] == [(SEG, True)]
     await r.close()
 
 

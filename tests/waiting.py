@@ -1,9 +1,11 @@
 """Waiting for a state with a deadline in async tests (``tests.daemon.wait_for`` is the
-synchronous counterpart): poll ``probe`` until it returns something true."""
+synchronous counterpart): poll ``probe`` until it returns something true. ``probe`` may be a
+plain function or a coroutine function."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -11,12 +13,16 @@ T = TypeVar("T")
 INTERVAL = 0.02
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
+async def eventually(
+    probe: Callable[[], Awaitable[T]] | Callable[[], T], timeout: float, what: str
+) -> T:
     """The first true value ``probe`` returns; AssertionError naming ``what`` at the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        value = await probe()
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if loop.time() >= deadline:
