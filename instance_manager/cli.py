@@ -172,11 +172,13 @@ def run_command(args: argparse.Namespace) -> int:
     code = asyncio.run(supervisor.run())
     if supervisor.reexec_argv is not None:
         # PUT /update: PostgreSQL still runs; the new build adopts it through its pidfile.
+        from instance_manager.web import build
+
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            os.execv(supervisor.reexec_argv[0], supervisor.reexec_argv)
-        except OSError as exc:
+            build.exec_installed(supervisor.reexec_argv)  # checks the build's files first
+        except (OSError, build.BuildError) as exc:
             print(f"instance-manager: cannot re-execute: {exc}", file=sys.stderr)
             return EXIT_FAILURE
     return code

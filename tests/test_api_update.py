@@ -88,8 +88,11 @@ def test_install_switches_current_and_reuses_a_known_build(tmp_path: Path) -> No
     for attempt in range(2):
         staged = root / f".staged-{attempt}"
         build.unpack(archive, staged)
-        target = build.install(staged, root, digest)
+        upload = shutil.copy(archive, root / f"upload-{attempt}.pyz")
+        target = build.install(staged, root, digest, Path(upload))
         assert target == root / digest and not staged.exists()
+        assert not Path(upload).exists() and (root / f"{digest}.pyz").is_file()
+        build.verify_installed(target)
         assert build.current(root) == digest
     marker = (target / build.HASH_FILE).read_text().strip()
     assert marker == digest

@@ -46,16 +46,16 @@ def owned_dir(path: Path) -> tuple[int, int]:
 
 
 @pytest.fixture
-def root_dir(tmp_path: Path) -> Path:
+def root_dir(tmp_root: Path) -> Path:
     """A directory root owns, 0755: what a planted link would try to hand over."""
-    target = tmp_path / "root-owned"
+    target = tmp_root / "root-owned"
     target.mkdir()
     os.chmod(target, 0o755)
     return target
 
 
-def test_scratch_tree_modes_and_owner(tmp_path: Path) -> None:
-    scratch, pgdata = tmp_path / "a" / "c", tmp_path / "b" / "pgdata"
+def test_scratch_tree_modes_and_owner(tmp_root: Path) -> None:
+    scratch, pgdata = tmp_root / "a" / "c", tmp_root / "b" / "pgdata"
     (scratch / "tmp").mkdir(parents=True)
     os.chmod(scratch / "tmp", 0o1777)  # what earlier versions made
     os.umask(old := os.umask(0o077))
@@ -72,59 +72,59 @@ def test_scratch_tree_modes_and_owner(tmp_path: Path) -> None:
     assert owned_dir(scratch / "tmp") == (uid, 0o700)
     assert owned_dir(pgdata) == (uid, 0o700)
     # Parents created on the way stay root's, and reachable whatever the umask.
-    assert owned_dir(tmp_path / "b") == (0, 0o755)
+    assert owned_dir(tmp_root / "b") == (0, 0o755)
 
 
 @pytest.mark.parametrize("where", ["run", "log", "tmp", "."])
-def test_a_link_in_the_scratch_tree_is_refused(tmp_path: Path, root_dir: Path, where: str) -> None:
-    scratch = tmp_path / "c"
+def test_a_link_in_the_scratch_tree_is_refused(tmp_root: Path, root_dir: Path, where: str) -> None:
+    scratch = tmp_root / "c"
     if where == ".":
         scratch.symlink_to(root_dir)
     else:
         scratch.mkdir()
         (scratch / where).symlink_to(root_dir)
-    done = prepare(tmp_path / "pgdata", scratch)
+    done = prepare(tmp_root / "pgdata", scratch)
     assert done.returncode == 2, done.stderr
     link = scratch / where if where != "." else scratch
     assert f"{os.path.normpath(link)} is a symbolic link" in done.stderr
     assert owned_dir(root_dir) == (0, 0o755)
-    assert not (tmp_path / "pgdata").exists()
+    assert not (tmp_root / "pgdata").exists()
 
 
-def test_a_dangling_link_is_not_created_through(tmp_path: Path) -> None:
-    scratch = tmp_path / "c"
+def test_a_dangling_link_is_not_created_through(tmp_root: Path) -> None:
+    scratch = tmp_root / "c"
     scratch.mkdir()
-    (scratch / "tmp").symlink_to(tmp_path / "made-through-the-link")
-    done = prepare(tmp_path / "pgdata", scratch)
+    (scratch / "tmp").symlink_to(tmp_root / "made-through-the-link")
+    done = prepare(tmp_root / "pgdata", scratch)
     assert done.returncode == 2 and "is a symbolic link" in done.stderr
-    assert not (tmp_path / "made-through-the-link").exists()
+    assert not (tmp_root / "made-through-the-link").exists()
 
 
-def test_links_at_pgdata_or_the_restore_spool_are_refused(tmp_path: Path, root_dir: Path) -> None:
-    (tmp_path / "pgdata").symlink_to(root_dir)  # empty: it would be given to the account
-    done = prepare(tmp_path / "pgdata", tmp_path / "c")
+def test_links_at_pgdata_or_the_restore_spool_are_refused(tmp_root: Path, root_dir: Path) -> None:
+    (tmp_root / "pgdata").symlink_to(root_dir)  # empty: it would be given to the account
+    done = prepare(tmp_root / "pgdata", tmp_root / "c")
     assert done.returncode == 2 and "pgdata is a symbolic link" in done.stderr
     assert owned_dir(root_dir) == (0, 0o755)
     for made in ("c", "wal-restore-spool"):
-        rmtree(tmp_path / made)
-    os.unlink(tmp_path / "pgdata")
-    (tmp_path / "wal-restore-spool").symlink_to(root_dir)
-    done = prepare(tmp_path / "pgdata", tmp_path / "c")
+        rmtree(tmp_root / made)
+    os.unlink(tmp_root / "pgdata")
+    (tmp_root / "wal-restore-spool").symlink_to(root_dir)
+    done = prepare(tmp_root / "pgdata", tmp_root / "c")
     assert done.returncode == 2 and "wal-restore-spool is a symbolic link" in done.stderr
     assert owned_dir(root_dir) == (0, 0o755)
 
 
-def test_the_daemon_exits_2_on_a_linked_run_directory(tmp_path: Path, root_dir: Path) -> None:
+def test_the_daemon_exits_2_on_a_linked_run_directory(tmp_root: Path, root_dir: Path) -> None:
     """The reproduction: a link at SCRATCH/run handed a root-owned directory to postgres."""
-    scratch = tmp_path / "c"
+    scratch = tmp_root / "c"
     scratch.mkdir()
     (scratch / "run").symlink_to(root_dir)
     argv = [
-        str(VENV_BIN / "instance-manager"), "run", "--pg-data", str(tmp_path / "pgdata"),
+        str(VENV_BIN / "instance-manager"), "run", "--pg-data", str(tmp_root / "pgdata"),
         "--scratch-dir", str(scratch), "--pod-name", "test-1",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"{scratch / 'run'} is a symbolic link" in done.stderr
     assert owned_dir(root_dir) == (0, 0o755)
-    assert not (tmp_path / "pgdata").exists()
+    assert not (tmp_root / "pgdata").exists()

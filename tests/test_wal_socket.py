@@ -18,11 +18,12 @@ import pytest
 
 from instance_manager.errors import WalNotFound
 from instance_manager.postgres import config
+from instance_manager.process.privileges import UnsafeDirectory
 from instance_manager.settings import load
 from instance_manager.state import WalState
 from instance_manager.wal.archiver import Archiver
 from instance_manager.wal.restorer import Restorer
-from instance_manager.wal.server import SocketDirectoryError, WalServer
+from instance_manager.wal.server import WalServer
 from tests.daemon import Daemon, Instance, postmaster_pid
 
 SEG = "000000010000000000000010"
@@ -43,7 +44,7 @@ class Backend:
         if name != SEG:
             raise WalNotFound(name)
         self.restored.append(destination)
-        destination.write_bytes(b"wal")
+        await asyncio.to_thread(destination.write_bytes, b"wal")
 
 
 def make_pgdata(root: Path, wal_dir: Path | None = None) -> Path:
@@ -177,7 +178,7 @@ async def test_socket_directory_behind_a_link_is_refused(tmp_path: Path) -> None
     target.mkdir(mode=0o755)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "wal").symlink_to(target)
-    with pytest.raises(SocketDirectoryError, match="not a directory of its own"):
+    with pytest.raises(UnsafeDirectory, match="not a directory of its own"):
         async with serving(tmp_path, pgdata, Backend()):
             pass
     assert stat.S_IMODE(target.stat().st_mode) == 0o755 and not any(target.iterdir())

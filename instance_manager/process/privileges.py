@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import pwd
+import stat
 import sysconfig
 from pathlib import Path
 
@@ -138,6 +139,37 @@ def _make_scratch(settings: Settings, owner: pwd.struct_passwd | None) -> None:
         for path, mode in children:
             assert path.parent == scratch, path
             os.close(_make(path, mode, owner, parent=fd))
+    finally:
+        os.close(fd)
+
+
+class UnsafeDirectory(Exception):
+    """A directory that must be private to this account is a link, another's, or no directory."""
+
+
+def private_directory(directory: Path) -> None:
+    """Create ``directory`` 0700, or make an existing one so: a real directory of ours.
+
+    For what the daemon alone may open (the WAL socket's directory, uploaded builds). The
+    check goes through an fd opened without following a link, so what is checked is what
+    gets its mode fixed.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    try:
+        fd = os.open(directory, _OPEN_DIR)
+    except OSError as exc:
+        raise UnsafeDirectory(
+            f"{directory}: not a directory of its own (a symbolic link?): {exc.strerror}"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise UnsafeDirectory(
+                f"{directory} belongs to uid {info.st_uid}, not to this process ({os.geteuid()})"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
     finally:
         os.close(fd)
 

@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from instance_manager import log
 from instance_manager.errors import WalNotFound
+from instance_manager.process.privileges import private_directory
 from instance_manager.wal.archiver import Archiver
 from instance_manager.wal.restorer import Restorer
 
@@ -33,32 +33,6 @@ class BadRequest(Exception):
 
 class PathRefused(BadRequest):
     """A request names a path outside the directories PostgreSQL's WAL commands use."""
-
-
-class SocketDirectoryError(Exception):
-    """The socket's directory cannot be made private to this account."""
-
-
-def private_directory(directory: Path) -> None:
-    """Create ``directory`` 0700, or check an existing one: a real directory that is ours."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(directory, 0o700)
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SocketDirectoryError(
-            f"{directory}: not a directory of its own (a symbolic link?): {exc.strerror}"
-        ) from None
-    try:
-        info = os.fstat(fd)
-        if info.st_uid != os.geteuid():
-            raise SocketDirectoryError(
-                f"{directory} belongs to uid {info.st_uid}, not to this process ({os.geteuid()})"
-            )
-        if stat.S_IMODE(info.st_mode) != 0o700:
-            os.fchmod(fd, 0o700)
-    finally:
-        os.close(fd)
 
 
 def confined(given: str, roots: list[str], what: str, where: str) -> Path:

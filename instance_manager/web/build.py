@@ -8,8 +8,12 @@ the hash of its binary. Make one with::
     python -m instance_manager.web.build OUT.pyz      # prints the SHA-256
 
 Installing extracts the build into ``SCRATCH/manager/<sha256>/`` (a directory Python runs
-as ``python DIR run ...``; files stay real files, so archive_command can run the thin WAL
-client by path) and then points ``SCRATCH/manager/current`` at it with an atomic rename.
+as ``python DIR run ...``), keeps the zipapp itself beside it as ``<sha256>.pyz``, and then
+points ``SCRATCH/manager/current`` at it with an atomic rename. ``SCRATCH/manager`` is 0700.
+
+An installed build is trusted only as far as it still matches the zipapp whose hash names
+it: ``verify_installed`` checks that (same files, byte for byte, nothing added) before an
+installed build is reused and again right before the daemon re-executes into it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import stat
 import sys
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import NoReturn
 
 import instance_manager
 
@@ -139,17 +144,66 @@ print(instance_manager.__version__)
 """
 
 
-def install(staged: Path, root: Path, digest: str) -> Path:
-    """Move a checked build to ``root/<digest>`` and point ``root/current`` at it, atomically."""
+def _tree(build_dir: Path, refused: str) -> dict[str, Path]:
+    """Every regular file of an installed build by its name in the zipapp, bytecode caches
+    aside (the interpreter checks those against their sources); BuildError on anything else."""
+    files: dict[str, Path] = {}
+    for top, dirs, names in os.walk(build_dir):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in dirs + names:
+            path = Path(top, name)
+            mode = path.lstat().st_mode
+            if name in names and stat.S_ISREG(mode):
+                files[path.relative_to(build_dir).as_posix()] = path
+            elif not (name in dirs and stat.S_ISDIR(mode)):
+                raise BuildError(f"{refused}: {path} is neither a regular file nor a directory")
+    return files
+
+
+def verify_installed(build_dir: Path) -> None:
+    """Check ``build_dir`` against the zipapp beside it whose SHA-256 is its name: the same
+    files with the same bytes, nothing added, and its hash marker. BuildError otherwise."""
+    digest = build_dir.name
+    archive = build_dir.parent / f"{digest}.pyz"
+    refused = f"installed build {build_dir} refused"
+    try:
+        if sha256_file(archive) != digest:
+            raise BuildError(f"{refused}: {archive} does not match its hash")
+        if (build_dir / HASH_FILE).read_text().strip() != digest:
+            raise BuildError(f"{refused}: its {HASH_FILE} names another build")
+        found = _tree(build_dir, refused)
+        with zipfile.ZipFile(archive) as zf:
+            members = {info.filename: info for info in zf.infolist() if not info.is_dir()}
+            extra = sorted(set(found) - set(members) - {HASH_FILE})
+            missing = sorted(set(members) - set(found))
+            if extra or missing:
+                raise BuildError(f"{refused}: files added {extra}, missing {missing}")
+            for name, info in members.items():
+                if found[name].read_bytes() != zf.read(info):
+                    raise BuildError(f"{refused}: {name} differs from the verified build")
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise BuildError(f"{refused}: {exc}") from exc
+
+
+def install(staged: Path, root: Path, digest: str, archive: Path) -> Path:
+    """Keep the verified zipapp ``archive`` as ``root/<digest>.pyz``, move the checked build
+    to ``root/<digest>`` unless an identical one is there, and point ``root/current`` at it.
+
+    An installed build that no longer matches is replaced. It may be the running build: its
+    files are swapped for identical ones, so later imports find the same code.
+    """
+    os.replace(archive, root / f"{digest}.pyz")
     final = root / digest
-    if (final / HASH_FILE).is_file():
-        # Installed before (the name is the hash of the same zipapp); it may be the running
-        # build, whose files must not disappear under it.
-        shutil.rmtree(staged)
-    else:
+    try:
+        verify_installed(final)
+        shutil.rmtree(staged)  # installed before, intact
+    except BuildError:
         (staged / HASH_FILE).write_text(digest + "\n")
-        shutil.rmtree(final, ignore_errors=True)  # a half-installed leftover
+        stale = root / f".stale-{digest}-{os.getpid()}"
+        if os.path.lexists(final):
+            os.rename(final, stale)
         os.rename(staged, final)
+        shutil.rmtree(stale, ignore_errors=True)
     link = root / f".{CURRENT}.{os.getpid()}"
     link.unlink(missing_ok=True)
     link.symlink_to(digest)
@@ -184,6 +238,13 @@ def point_current(root: Path, digest: str | None) -> None:
 def reexec_argv(build_dir: Path, argv: list[str]) -> list[str]:
     """The command line that runs ``build_dir`` with the current arguments."""
     return [sys.executable, str(build_dir), *argv[1:]]
+
+
+def exec_installed(argv: list[str]) -> NoReturn:
+    """Replace this process with ``argv`` (from ``reexec_argv``) once its build is verified:
+    BuildError, and no exec, when the installed files no longer match their hash."""
+    verify_installed(Path(argv[1]))
+    os.execv(argv[0], argv)
 
 
 def main(args: list[str]) -> int:

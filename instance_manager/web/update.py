@@ -1,11 +1,13 @@
 """``PUT /update``: online upgrade of the instance manager, PostgreSQL staying up.
 
 1. The body (a build, see web/build.py) is streamed to ``SCRATCH/manager/upload-*.pyz``
-   while its SHA-256 is computed.
+   (``SCRATCH/manager`` is 0700, the daemon's alone) while its SHA-256 is computed.
 2. The hash must equal ``status.availableArchitectures[goArch == ours].hash`` of the
    Cluster, as in CNPG: the operator publishes the hash of what it is allowed to install.
 3. The build is unpacked beside the others and imported by a fresh interpreter.
-4. It is installed atomically (``SCRATCH/manager/<sha256>``, then ``current``).
+4. It is installed atomically (``SCRATCH/manager/<sha256>``, then ``current``); a build
+   installed before is reused only while it still matches its hash, and cli.py checks it
+   once more right before it re-executes into it.
 5. ``request_reexec(argv)`` asks the supervisor to re-execute the daemon from the new build
    once it has wound down, leaving the postmaster running (the new daemon adopts it through
    its pidfile). It returns once the re-exec is scheduled, or raises when it is refused:
@@ -34,6 +36,7 @@ from aiohttp import web
 from instance_manager import log
 from instance_manager.httpd import PAYLOAD_ERRORS, payload_reason
 from instance_manager.process import spawn
+from instance_manager.process.privileges import UnsafeDirectory, private_directory
 from instance_manager.settings import Settings
 from instance_manager.web import build
 from instance_manager.web.jsonapi import plain_error
@@ -104,7 +107,10 @@ class Updater:
         if self._request_reexec is None:
             raise UpdateError("online upgrade is not available in this instance manager")
         root = self.root()
-        await asyncio.to_thread(root.mkdir, mode=0o755, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(private_directory, root)
+        except UnsafeDirectory as exc:
+            raise UpdateError(str(exc)) from None
         fd, name = await asyncio.to_thread(
             tempfile.mkstemp, prefix="upload-", suffix=".pyz", dir=root
         )
@@ -120,7 +126,7 @@ class Updater:
                 )
             version = await self._check(upload, staged)
             log.event(_logger, "received a new instance manager", hash=digest, version=version)
-            await self._install_and_reexec(root, staged, digest)
+            await self._install_and_reexec(root, staged, upload, digest)
         finally:
             await asyncio.to_thread(_remove, upload, staged)
 
@@ -160,10 +166,12 @@ class Updater:
             raise UpdateError(f"the new build cannot be imported: {tail}")
         return out.strip().splitlines()[-1] if out.strip() else ""
 
-    async def _install_and_reexec(self, root: Path, staged: Path, digest: str) -> None:
+    async def _install_and_reexec(
+        self, root: Path, staged: Path, upload: Path, digest: str
+    ) -> None:
         assert self._request_reexec is not None
         previous = await asyncio.to_thread(build.current, root)
-        target = await asyncio.to_thread(build.install, staged, root, digest)
+        target = await asyncio.to_thread(build.install, staged, root, digest, upload)
         argv = build.reexec_argv(target, self._argv)
         try:
             await self._request_reexec(argv)
