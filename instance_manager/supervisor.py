@@ -96,6 +96,8 @@ class Supervisor:
         try:
             async with asyncio.TaskGroup() as tg:
                 background = [
+                    # stdout is written from a worker thread: the loop never waits on it.
+                    tg.create_task(self._guard("log writer", log.output().run())),
                     tg.create_task(self._guard("reaper", self.reaper.run())),
                     tg.create_task(self._guard("log pipes", self.pipes.run())),
                     # Serves archive_command until PostgreSQL is down: the archiver drains

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 from pathlib import Path
 
-from instance_manager import log
+from instance_manager import durable, log
 from instance_manager.errors import SettingsError
 from instance_manager.postgres import sql as pgsql
 from instance_manager.process import spawn
@@ -140,6 +140,7 @@ async def finish_bootstrap(settings: Settings) -> bool:
             for statement in init.postInitApplicationSQL:
                 await app.execute(statement.encode())
     marker.unlink()
-    os.sync()
+    # The removal must survive a crash, or postInitSQL would run twice; off the loop.
+    await asyncio.to_thread(durable.fsync_dir, settings.pgdata)
     log.event(_logger, "bootstrap complete", database=database, owner=owner)
     return True

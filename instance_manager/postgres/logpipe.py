@@ -10,6 +10,11 @@ carries lines that are already JSON (written by short-lived helpers such as
 We keep one write end of every FIFO open ourselves: the readers then never see EOF
 when the syslogger restarts, and the syslogger's own ``open()`` for writing never
 blocks waiting for a reader.
+
+No record is ever dropped for lack of room: when stdout is not being read and the
+output queue is full, the readers stop reading (see ``log.Output.room``), the FIFOs
+fill, and PostgreSQL's logging waits, as it does with CloudNativePG. The event loop
+itself never waits on stdout.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import io
 import logging
 import os
 import stat
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from instance_manager import log
-from instance_manager.log import emit_raw
+from instance_manager.log import Output, emit_raw
 
 _log = log.get("instance-manager")
 
@@ -284,8 +288,9 @@ class LogPipes:
     """Reads PostgreSQL's CSV, raw and JSON log FIFOs and writes JSON lines to stdout."""
 
     def __init__(self, log_dir: Path, *, keep: int = 50, out: TextIO | None = None) -> None:
+        """``out``: write there directly instead of through the process's stdout writer."""
         self._log_dir = Path(log_dir)
-        self._out = out
+        self._out = log.output() if out is None else Output(out)
         self._recent: collections.deque[str] = collections.deque(maxlen=keep)
         self._csv = CsvRecordAssembler()
         self._csv_pipe = _Pipe(
@@ -374,6 +379,7 @@ class LogPipes:
                         self._dropped(pipe)
                     else:
                         pipe.handle(line.decode("utf-8", "replace"))
+                await self._out.room()  # stdout is behind: stop reading, PostgreSQL waits
         finally:
             transport.close()
 
@@ -419,9 +425,7 @@ class LogPipes:
 
     def _on_json_line(self, line: str) -> None:
         self._remember(line)
-        out = self._out or sys.stdout
-        out.write(line + "\n")
-        out.flush()
+        self._out.write(line, keep=True)
 
     def _remember(self, message: str) -> None:
         self._recent.append(message[:RECENT_CHARS])

@@ -103,10 +103,12 @@ def adopt_or_clean(settings: Settings) -> int | None:
 
 
 async def _pump(stream: asyncio.StreamReader, sink: Callable[[str], None]) -> None:
+    """The postmaster's own stdout/stderr: PostgreSQL's lines, so never dropped."""
     while line := await stream.readline():
         text = line.decode(errors="replace").rstrip("\n")
         sink(text)
-        log.event(_pg_logger, text, source="stderr")
+        log.event(_pg_logger, text, source="stderr", keep=True)
+        await log.output().room()
 
 
 async def start(settings: Settings, sink: Callable[[str], None]) -> Postmaster:
