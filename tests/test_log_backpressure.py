@@ -9,12 +9,16 @@ to the event loop, and nothing was dropped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
+import io
 import json
 import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from instance_manager import log
 from tests.daemon import PG_BIN, Daemon, Instance, http_get
 
 Start = Callable[..., Daemon]
@@ -133,3 +138,52 @@ def test_unread_stdout_delays_neither_probes_nor_loses_records(
         pass
     assert daemon.wait_exit() == 0
     assert "instance manager stopped" in [line.get("msg") for line in stdout.lines()]
+
+
+class GatedStream(io.StringIO):
+    """A stdout whose writes wait until the gate opens, as a pipe nobody reads does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def write(self, s: str) -> int:
+        if not self.gate.wait(30):
+            raise OSError("the test never opened the gate")
+        return super().write(s)
+
+
+async def test_output_keeps_records_drops_own_lines_and_pushes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(log, "QUEUE_LIMIT", 100)
+    monkeypatch.setattr(log, "DROP_LIMIT", 400)
+    stream = GatedStream()
+    output = log.Output(stream)
+    writer = asyncio.create_task(output.run())
+    try:
+        await asyncio.sleep(0)  # let run() start
+        records = [f"record {i:03d}" for i in range(60)]  # 660 characters, kept
+        for record in records:
+            output.write(record, keep=True)  # returns at once: the loop never waits
+        own = [f"own {i}" for i in range(20)]  # beyond DROP_LIMIT: dropped
+        for line in own:
+            output.write(line)
+        room = asyncio.create_task(output.room())
+        done, _ = await asyncio.wait({room}, timeout=0.2)
+        assert not done  # record producers wait while stdout is behind
+        stream.gate.set()
+        async with asyncio.timeout(10):
+            await room
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    lines = stream.getvalue().splitlines()
+    assert [line for line in lines if line.startswith("record")] == records
+    assert not any(line.startswith("own") for line in lines)
+    (report,) = [json.loads(line) for line in lines if line.startswith("{")]
+    assert report["msg"] == "log lines dropped: stdout was not being read"
+    assert report["dropped"] == len(own)
+    output.write("after the writer stopped")  # written at once again
+    assert stream.getvalue().endswith("after the writer stopped\n")
