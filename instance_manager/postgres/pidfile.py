@@ -7,9 +7,12 @@ executable whose data directory is this PGDATA.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 PIDFILE = "postmaster.pid"
 
@@ -78,3 +81,79 @@ def remove_stale(pgdata: Path, socket_dir: Path) -> None:
         for entry in socket_dir.iterdir():
             if entry.name.startswith(".s.PGSQL."):
                 entry.unlink(missing_ok=True)
+
+
+# inotify(7): events for files directly inside the watched directory.
+_IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE = 0x2, 0x8, 0x80, 0x100
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+
+def _inotify(directory: Path) -> int | None:
+    """An inotify descriptor watching writes in ``directory``; None where unavailable."""
+    import ctypes  # only here: the rest of the daemon has no use for it
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+    except (OSError, AttributeError):
+        return None
+    if fd < 0:
+        return None  # e.g. the per-user instance limit is reached
+    mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE
+    if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+class Watch:
+    """Wakes a waiter when a file in PGDATA (postmaster.pid among them) is written.
+
+    PostgreSQL rewrites its pidfile at each state change, so waiting here instead of
+    sleeping notices "ready" at once. Without inotify, ``wait`` simply sleeps for its
+    timeout and ``active`` is False.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._fd: int | None = None
+        self._event = asyncio.Event()
+
+    @property
+    def active(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> Watch:
+        self._fd = _inotify(self._directory)
+        if self._fd is not None:
+            asyncio.get_running_loop().add_reader(self._fd, self._on_event)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def wake(self) -> None:
+        """Make the current or next ``wait`` return at once."""
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until something was written in the directory, ``wake()``, or ``timeout`` s."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        self._event.clear()
+
+    def _on_event(self) -> None:
+        assert self._fd is not None
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._fd, 4096):
+                pass
+        self._event.set()
