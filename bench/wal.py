@@ -112,7 +112,7 @@ def measure_calls(b: Bench) -> Calls:
     segment = small_dir / "bench-one-segment"  # not a WAL name: it must not overwrite one
     segment.write_bytes(os.urandom(SEGMENT_MB << 20))
     daemon = b.daemon(b.primary, 1)
-    thin = thin_argv("archive", str(b.primary.wal_socket), str(small))
+    thin = thin_argv("wal-archive", "--socket", str(b.primary.wal_socket), str(small))
     bare = [PYTHON, "-I", "-S", "-c"]
     commands = {"thin": thin, "python": [*bare, "pass"], "imports": [*bare, THIN_IMPORTS]}
     commands["true"] = ["/bin/true"]
