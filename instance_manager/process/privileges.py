@@ -115,7 +115,8 @@ def prepare(settings: Settings) -> None:
             owner = pwd.getpwnam(name)
         except KeyError:
             raise SettingsError(f"instance.user: no such account {name!r}") from None
-        readable.check(owner)  # before anything is created: name what the account can't read
+        # Before anything is created: name what the account could not read or reach.
+        readable.check(owner, readable.needed_paths() + readable.data_paths(settings))
     _make_scratch(settings, owner)
     pgdata = settings.pgdata
     if settings.wal_dir is not None:
