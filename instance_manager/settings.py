@@ -41,6 +41,8 @@ Port = Annotated[int, Meta(ge=0, le=65535)]
 # Deadline of one call to one CNPG-I plugin (archive, restore, handshake), in seconds: a
 # stopped or wedged plugin fails the call and PostgreSQL retries, instead of waiting for ever.
 DEFAULT_PLUGIN_TIMEOUT = 60.0
+
+
 class InstanceOptions(Strict, frozen=True):
     """Options of this pod's manager (not part of the Cluster resource)."""
 
