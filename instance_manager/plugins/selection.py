@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from instance_manager.cluster_model import Cluster
 
+# CNPG's annotation: "enabled" tells the plugins not to check that the WAL archive is empty.
+SKIP_EMPTY_CHECK_ANNOTATION = "cnpg.io/skipEmptyWalArchiveCheck"
+
 
 def enabled(cluster: Cluster, restore: bool = False) -> list[str]:
     """Enabled plugin names, sorted. For WAL restore CNPG also uses the plugins of
@@ -28,3 +31,21 @@ def wal_archiver(cluster: Cluster) -> str | None:
         if plugin.enabled and plugin.isWALArchiver:
             return plugin.name
     return None
+
+
+def recovery_source(cluster: Cluster) -> str | None:
+    """The plugin serving the external cluster that ``bootstrap.recovery.source`` names."""
+    recovery = cluster.spec.bootstrap.recovery or {}
+    source = recovery.get("source")
+    for entry in cluster.spec.externalClusters or []:
+        plugin = entry.get("plugin")
+        if entry.get("name") != source or not isinstance(plugin, dict):
+            continue
+        if plugin.get("name") and plugin.get("enabled", True) is not False:
+            return str(plugin["name"])
+    return None
+
+
+def check_empty_archive(cluster: Cluster) -> bool:
+    """Whether a plugin must refuse to archive into, or restore with, a non-empty archive."""
+    return cluster.metadata.annotations.get(SKIP_EMPTY_CHECK_ANNOTATION) != "enabled"

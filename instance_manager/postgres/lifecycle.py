@@ -28,6 +28,7 @@ from instance_manager.postgres import (
     config,
     controldata,
     postmaster,
+    recovery,
     shutdown,
     waldir,
 )
@@ -178,12 +179,11 @@ class Lifecycle:
 
     async def _start(self) -> Postmaster:
         s = self.settings
-        if s.cluster.spec.bootstrap.recovery is not None:
-            from instance_manager.pgbackrest import bootstrap_client  # gRPC only here
+        if s.cluster.spec.bootstrap.recovery is not None and recovery.restore_needed(s):
+            from instance_manager.plugins.recovery import call_restore  # gRPC only here
 
-            if bootstrap_client.restore_needed(s):
-                self.spawned.set()
-                await bootstrap_client.restore_from_plugin(s)
+            self.spawned.set()
+            await recovery.restore_from_plugin(s, call_restore)
         if not bootstrap.is_initialised(s.pgdata):
             self.spawned.set()
             await bootstrap.initdb(s)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from instance_manager.cluster_model import Cluster
 from instance_manager.errors import WalNotFound
+from instance_manager.plugins.selection import check_empty_archive, enabled
 from instance_manager.settings import DEFAULT_PLUGIN_TIMEOUT
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ class WalBackend(Protocol):
         """Write WAL file ``name`` to ``destination``; raise WalNotFound if no plugin has it."""
 
 
-SKIP_EMPTY_CHECK_ANNOTATION = "cnpg.io/skipEmptyWalArchiveCheck"
 CHECK_EMPTY_MARKER = ".check-empty-wal-archive"
 
 
@@ -53,8 +53,6 @@ class PluginBackend:
         self._json: tuple[int, bytes] = (0, b"")
 
     def _configured(self, restore: bool = False) -> bool:
-        from instance_manager.plugins.selection import enabled  # no gRPC import
-
         return bool(enabled(self.cluster(), restore))
 
     def _plugins(self) -> PluginWal:
@@ -77,8 +75,7 @@ class PluginBackend:
         return self._json[1]
 
     def check_empty_archive(self) -> bool:
-        annotations = self.cluster().metadata.annotations
-        if annotations.get(SKIP_EMPTY_CHECK_ANNOTATION) == "enabled":
+        if not check_empty_archive(self.cluster()):
             return False
         return (self.pgdata / CHECK_EMPTY_MARKER).exists()
 
