@@ -25,13 +25,13 @@ import pytest
 import yaml
 
 from instance_manager import settings as settings_mod
+from instance_manager.backup.plugin import PluginBackups
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
 from instance_manager.web.liveness import Liveness
 from instance_manager.web.local_api import LocalApi
 from instance_manager.web.operator import OperatorApi
-from instance_manager.web.plugin_backup import PluginBackups
 from instance_manager.web.probes import Checker
 from instance_manager.web.server import build_app, build_local_app, serve
 from instance_manager.web.tls import ServerTLS

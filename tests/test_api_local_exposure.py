@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from instance_manager.backup.plugin import MAX_RECORDS
 from instance_manager.settings import Settings
 from instance_manager.web.local_api import REDACTED
-from instance_manager.web.plugin_backup import MAX_RECORDS
 from tests.api_helpers import Api, api_spec, load_settings, serve_api, write_cluster
 from tests.daemon import Instance
 

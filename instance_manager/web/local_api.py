@@ -3,11 +3,12 @@
 - ``GET /cache/cluster``: the Cluster resource the daemon holds (JSON; GET and HEAD only),
   secret-looking plugin parameters replaced by ``<redacted>`` (see ``redacted``);
 - ``/cache/<any other key>``: 404. CloudNativePG also serves ``wal-archive``, ``wal-restore``
-  and ``wal-restore-config`` there, values its reconciler caches for the WAL commands; this
-  daemon has no reconciler and its WAL commands ask the WAL socket, so nothing is cached;
-- ``/pg/backup?name=<backup>``: start a plugin backup (200 ``OK``; 400 no name, unknown
-  method, bad body; 409 nothing configured or already running). An optional JSON body is the
-  Backup resource; without one it is built from the request (``&plugin=<name>``);
+  and ``wal-restore-config`` there, values cached for its WAL commands; the WAL commands here
+  ask the daemon's WAL socket instead, so those keys are not served;
+- ``/pg/backup?name=<backup>``: start a plugin backup (backup/plugin.py; 200 ``OK``; 400 no
+  name, unknown method, bad body; 409 nothing configured or already running). An optional
+  JSON body is the Backup resource; without one it is built from the request
+  (``&plugin=<name>``);
 - ``POST /cluster/status/condition/wal/archive`` ``{"error": "..."}``: records the
   ContinuousArchiving condition (False/ContinuousArchivingFailing with the message, or
   True/ContinuousArchivingSuccess when the error is empty); 200 ``OK``, 400 bad JSON.
@@ -24,6 +25,12 @@ from typing import Any
 
 from aiohttp import web
 
+from instance_manager.backup.plugin import (
+    BackupConflict,
+    BackupRefused,
+    PluginBackups,
+    backup_definition,
+)
 from instance_manager.settings import Settings
 from instance_manager.web import routes
 from instance_manager.web.jsonapi import (
@@ -34,7 +41,6 @@ from instance_manager.web.jsonapi import (
     plain_error,
     read_body,
 )
-from instance_manager.web.plugin_backup import BackupRefused, PluginBackups, backup_definition
 
 CONTINUOUS_ARCHIVING = "ContinuousArchiving"
 
@@ -122,7 +128,7 @@ class LocalApi:
         except RequestError as exc:
             return exc.response()
         except BackupRefused as exc:
-            return plain_error(exc.status, str(exc))
+            return plain_error(409 if isinstance(exc, BackupConflict) else 400, str(exc))
         return web.Response(text="OK")
 
     async def wal_archive_condition(self, request: web.Request) -> web.Response:

@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from instance_manager.backup.mode import BackupMode
 from instance_manager.postgres import controldata
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
 from instance_manager.web import routes
 from instance_manager.web.auth import OperatorAuth
-from instance_manager.web.backup_mode import BackupMode
+from instance_manager.web.backup_mode import BackupModeApi
 from instance_manager.web.jsonapi import data_response, json_response, plain_error
 from instance_manager.web.partial import ArchiveFile, ArchivePartial
 from instance_manager.web.status import StatusReader
@@ -43,6 +44,7 @@ class OperatorApi:
         self.updater = Updater(settings, request_reexec, argv)
         self.status = StatusReader(settings, state, session, lambda: self.updater.upgrading)
         self.backup = BackupMode(settings)
+        self.backup_api = BackupModeApi(self.backup)
         self.partial = ArchivePartial(settings, state, archive)
 
     def add_routes(self, app: web.Application) -> None:
@@ -50,7 +52,7 @@ class OperatorApi:
         # Read-only: GET and HEAD, 405 with an Allow header otherwise.
         app.router.add_get(routes.PG_STATUS, self.pg_status)
         app.router.add_get(routes.PG_CONTROLDATA, protect(self.pg_controldata))
-        app.router.add_route("*", routes.PG_MODE_BACKUP, protect(self.backup.handle))
+        app.router.add_route("*", routes.PG_MODE_BACKUP, protect(self.backup_api.handle))
         app.router.add_route("*", routes.PG_ARCHIVE_PARTIAL, protect(self.partial.handle))
         app.router.add_route("*", routes.UPDATE, protect(self.updater.handle))
 

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable
 
 from instance_manager import log
+from instance_manager.backup.plugin import PluginBackups
 from instance_manager.errors import ListenError, describe
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
@@ -23,7 +24,6 @@ from instance_manager.web.liveness import Liveness
 from instance_manager.web.local_api import LocalApi
 from instance_manager.web.operator import OperatorApi
 from instance_manager.web.partial import ArchiveFile
-from instance_manager.web.plugin_backup import PluginBackups
 from instance_manager.web.probes import Checker
 from instance_manager.web.server import build_app, build_local_app, serve
 from instance_manager.web.tls import ServerTLS

@@ -4,7 +4,11 @@ As CNPG does: the plugin is looked up by its socket in the plugin directory (it 
 enabled in ``spec.plugins``), must advertise the Backup service and its BACKUP RPC, and gets
 ``BackupRequest{cluster_definition, backup_definition, parameters}`` with the Cluster and
 Backup resources as JSON. The call runs in the background; its outcome is kept here (name
--> record) for the reconciler to patch into the Backup's status later.
+-> record; the running backups and the latest finished, MAX_RECORDS in all).
+
+A request that cannot start a backup raises ``InvalidBackup`` (malformed: an unknown method,
+parameters that are not a mapping) or ``BackupConflict`` (nothing configured to take it, or
+already running), as CNPG tells the two apart.
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ MAX_RECORDS = 100
 
 
 class BackupRefused(Exception):
-    """The request cannot start a backup: ``status`` is the HTTP answer."""
+    """The request cannot start a backup."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+
+class InvalidBackup(BackupRefused):
+    """The request or its Backup resource is malformed."""
+
+
+class BackupConflict(BackupRefused):
+    """No backup of that kind is configured, or it cannot start now (already running)."""
 
 
 @dataclass
@@ -55,7 +63,7 @@ def backup_definition(
     backup: dict[str, Any] = dict(given or {})
     for part in ("metadata", "spec"):
         if backup.get(part) is not None and not isinstance(backup[part], dict):
-            raise BackupRefused(400, f"the Backup's {part} must be an object")
+            raise InvalidBackup(f"the Backup's {part} must be an object")
     backup.setdefault("apiVersion", "postgresql.cnpg.io/v1")
     backup.setdefault("kind", "Backup")
     metadata = dict(backup.get("metadata") or {})
@@ -76,18 +84,18 @@ def plugin_of(backup: dict[str, Any]) -> tuple[str, dict[str, str]]:
     spec = backup.get("spec") or {}
     method = spec.get("method")
     if method == "barmanObjectStore":
-        raise BackupRefused(409, "Barman backup not configured in the cluster")
+        raise BackupConflict("Barman backup not configured in the cluster")
     if method != "plugin":
-        raise BackupRefused(400, f"Unknown backup method: {method}")
+        raise InvalidBackup(f"Unknown backup method: {method}")
     configuration = spec.get("pluginConfiguration") or {}
     name = configuration.get("name") if isinstance(configuration, dict) else None
     if not isinstance(name, str) or not name:
-        raise BackupRefused(409, "Plugin backup not configured in the cluster")
+        raise BackupConflict("Plugin backup not configured in the cluster")
     parameters = configuration.get("parameters")
     if parameters is None:
         parameters = {}
     if not isinstance(parameters, dict):
-        raise BackupRefused(400, "pluginConfiguration.parameters must be a mapping")
+        raise InvalidBackup("pluginConfiguration.parameters must be a mapping")
     return name, {str(k): str(v) for k, v in parameters.items()}
 
 
@@ -104,7 +112,7 @@ class PluginBackups:
         plugin, parameters = plugin_of(backup)
         running = self.records.get(name)
         if running is not None and running.phase == "running":
-            raise BackupRefused(409, f"backup {name} is already running")
+            raise BackupConflict(f"backup {name} is already running")
         self.records.pop(name, None)  # a finished one: its name goes to the newest record
         self._make_room()
         record = BackupRecord(name, plugin)
@@ -115,13 +123,14 @@ class PluginBackups:
         return record
 
     def _make_room(self) -> None:
-        """Forget the oldest finished records so that one more fits; 409 if all are running."""
+        """Forget the oldest finished records so that one more fits; BackupConflict if all are
+        running."""
         excess = len(self.records) + 1 - MAX_RECORDS
         finished = [name for name, r in self.records.items() if r.phase != "running"]
         for name in finished[: max(excess, 0)]:
             del self.records[name]
         if len(self.records) >= MAX_RECORDS:
-            raise BackupRefused(409, f"{len(self.records)} backups are already running")
+            raise BackupConflict(f"{len(self.records)} backups are already running")
 
     async def wait(self) -> None:
         """Until the running backups are done (tests, shutdown)."""
