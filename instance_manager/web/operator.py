@@ -17,11 +17,12 @@ from instance_manager.postgres import controldata
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
+from instance_manager.wal.partial import ArchiveFile, PartialArchiver
 from instance_manager.web import routes
 from instance_manager.web.auth import OperatorAuth
 from instance_manager.web.backup_mode import BackupModeApi
 from instance_manager.web.jsonapi import data_response, json_response, plain_error
-from instance_manager.web.partial import ArchiveFile, ArchivePartial
+from instance_manager.web.partial import ArchivePartial
 from instance_manager.web.status import StatusReader
 from instance_manager.web.update import ReexecRequest, Updater
 
@@ -45,7 +46,7 @@ class OperatorApi:
         self.status = StatusReader(settings, state, session, lambda: self.updater.upgrading)
         self.backup = BackupMode(settings)
         self.backup_api = BackupModeApi(self.backup)
-        self.partial = ArchivePartial(settings, state, archive)
+        self.partial = ArchivePartial(PartialArchiver(settings, state, archive))
 
     def add_routes(self, app: web.Application) -> None:
         protect = self.auth.protect
