@@ -172,7 +172,7 @@ def run_command(args: argparse.Namespace) -> int:
     code = asyncio.run(supervisor.run())
     if supervisor.reexec_argv is not None:
         # PUT /update: PostgreSQL still runs; the new build adopts it through its pidfile.
-        from instance_manager.web import build
+        from instance_manager.upgrade import build
 
         sys.stdout.flush()
         sys.stderr.flush()

@@ -29,13 +29,13 @@ from instance_manager.backup.plugin import PluginBackups
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
+from instance_manager.upgrade.install import ReexecRequest
 from instance_manager.web.liveness import Liveness
 from instance_manager.web.local_api import LocalApi
 from instance_manager.web.operator import OperatorApi
 from instance_manager.web.probes import Checker
 from instance_manager.web.server import build_app, build_local_app, serve
 from instance_manager.web.tls import ServerTLS
-from instance_manager.web.update import ReexecRequest
 from tests.daemon import PG_BIN, TEST_HBA, Daemon, Instance, base_spec, free_port, wait_for
 
 OPENSSL = "/usr/bin/openssl"

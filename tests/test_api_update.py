@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 import instance_manager
-from instance_manager.web import build
-from instance_manager.web.status import instance_arch
+from instance_manager.upgrade import build
+from instance_manager.upgrade.build import instance_arch
 from tests.api_helpers import (
     Api,
     Certs,

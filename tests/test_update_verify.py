@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from instance_manager.web import build
+from instance_manager.upgrade import build
 from tests.api_helpers import Primary, certs, primary, serve_api
 from tests.test_api_update import make_build, publish, put, raw_put
 

@@ -17,6 +17,7 @@ from instance_manager.postgres import controldata
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
+from instance_manager.upgrade.install import ReexecRequest, Upgrader
 from instance_manager.wal.partial import ArchiveFile, PartialArchiver
 from instance_manager.web import routes
 from instance_manager.web.auth import OperatorAuth
@@ -24,7 +25,7 @@ from instance_manager.web.backup_mode import BackupModeApi
 from instance_manager.web.jsonapi import data_response, json_response, plain_error
 from instance_manager.web.partial import ArchivePartial
 from instance_manager.web.status import StatusReader
-from instance_manager.web.update import ReexecRequest, Updater
+from instance_manager.web.update import UpdateApi
 
 CONTROLDATA_TIMEOUT = 10.0
 
@@ -42,7 +43,8 @@ class OperatorApi:
     ) -> None:
         self._settings = settings
         self.auth = OperatorAuth(settings)
-        self.updater = Updater(settings, request_reexec, argv)
+        self.updater = Upgrader(settings, request_reexec, argv)
+        self.update_api = UpdateApi(self.updater)
         self.status = StatusReader(settings, state, session, lambda: self.updater.upgrading)
         self.backup = BackupMode(settings)
         self.backup_api = BackupModeApi(self.backup)
@@ -55,7 +57,7 @@ class OperatorApi:
         app.router.add_get(routes.PG_CONTROLDATA, protect(self.pg_controldata))
         app.router.add_route("*", routes.PG_MODE_BACKUP, protect(self.backup_api.handle))
         app.router.add_route("*", routes.PG_ARCHIVE_PARTIAL, protect(self.partial.handle))
-        app.router.add_route("*", routes.UPDATE, protect(self.updater.handle))
+        app.router.add_route("*", routes.UPDATE, protect(self.update_api.handle))
 
     async def pg_status(self, _request: web.Request) -> web.Response:
         reply = await self.status.reply()

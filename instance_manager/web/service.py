@@ -19,6 +19,7 @@ from instance_manager.errors import ListenError, describe
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
+from instance_manager.upgrade.install import ReexecRequest
 from instance_manager.wal.partial import ArchiveFile
 from instance_manager.web import routes
 from instance_manager.web.liveness import Liveness
@@ -27,7 +28,6 @@ from instance_manager.web.operator import OperatorApi
 from instance_manager.web.probes import Checker
 from instance_manager.web.server import build_app, build_local_app, serve
 from instance_manager.web.tls import ServerTLS
-from instance_manager.web.update import ReexecRequest
 
 _logger = log.get("web")
 LOCAL_RETRY_SECONDS = 5.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,27 +20,12 @@ from instance_manager.postgres import controldata
 from instance_manager.postgres.sql import Session
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
-from instance_manager.web import build, status_sql
+from instance_manager.upgrade.build import instance_arch, running_hash
+from instance_manager.web import status_sql
 
 # Bound on the status statement: it reads catalog views only and answers in milliseconds.
 STATUS_QUERY_TIMEOUT = 5.0
 CONTROLDATA_TIMEOUT = 10.0
-# Go's GOARCH names, which the operator matches against status.availableArchitectures.
-GOARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "i686": "386",
-    "armv7l": "arm",
-}
-
-
-def instance_arch() -> str:
-    machine = platform.machine().lower()
-    return GOARCH.get(machine, machine)
 
 
 @dataclass(frozen=True)
@@ -163,7 +147,7 @@ class StatusReader:
 
     async def executable_hash(self) -> str:
         if self._hash is None:
-            self._hash = await asyncio.to_thread(build.running_hash)
+            self._hash = await asyncio.to_thread(running_hash)
         return self._hash
 
 

@@ -2,10 +2,11 @@
 
 A build is a **zipapp**: a zip file holding ``__main__.py`` and the ``instance_manager``
 package (pure Python; the dependencies stay in the virtualenv that runs it). Its SHA-256 is
-what the operator publishes in ``status.availableArchitectures[].hash``, as CNPG publishes
-the hash of its binary. Make one with::
+what the operator publishes in ``status.availableArchitectures[].hash`` for the
+architecture of the instance (``instance_arch``), as CNPG publishes the hash of its binary.
+Make one with::
 
-    python -m instance_manager.web.build OUT.pyz      # prints the SHA-256
+    python -m instance_manager.upgrade.build OUT.pyz      # prints the SHA-256
 
 Installing extracts the build into ``SCRATCH/manager/<sha256>/`` (a directory Python runs
 as ``python DIR run ...``), keeps the zipapp itself beside it as ``<sha256>.pyz``, and then
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import stat
 import sys
@@ -38,10 +40,27 @@ MAX_FILES = 5000
 MAX_UNPACKED = 64 * 1024 * 1024
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # reproducible builds: same sources, same hash
 _SKIPPED_PARTS = {"__pycache__"}
+# Go's GOARCH names, which the operator matches against status.availableArchitectures.
+GOARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "i686": "386",
+    "armv7l": "arm",
+}
 
 
 class BuildError(Exception):
     """The uploaded build cannot be used."""
+
+
+def instance_arch() -> str:
+    """This machine's architecture, named as Go names it."""
+    machine = platform.machine().lower()
+    return GOARCH.get(machine, machine)
 
 
 def sha256_file(path: Path) -> str:
@@ -249,7 +268,7 @@ def exec_installed(argv: list[str]) -> NoReturn:
 
 def main(args: list[str]) -> int:
     if len(args) != 1:
-        print("usage: python -m instance_manager.web.build OUT.pyz", file=sys.stderr)
+        print("usage: python -m instance_manager.upgrade.build OUT.pyz", file=sys.stderr)
         return 2
     print(make_zipapp(Path(args[0])))
     return 0
