@@ -199,9 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("wal-archive", "wal-restore"):
         return wal_command(args)
     if args.command == "status":
-        from instance_manager.web import status_cmd
+        from instance_manager import status_cli
 
-        return status_cmd.main(args.rest)
+        return status_cli.main(args.rest)
     try:
         code = run_command(args)
     except InstanceManagerError as exc:

@@ -1,4 +1,4 @@
-"""``instance-manager status`` (web/status_cmd.py) against a served ``/pg/status``."""
+"""``instance-manager status`` (status_cli.py) against a served ``/pg/status``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import io
 import json
 
-from instance_manager.web import status_cmd
+from instance_manager import status_cli
 from tests.api_helpers import Primary, certs, primary, serve_api
 from tests.daemon import free_port
 
@@ -15,7 +15,7 @@ __all__ = ["certs", "primary"]  # fixtures
 
 async def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = await asyncio.to_thread(status_cmd.main, list(argv), out, err)
+    code = await asyncio.to_thread(status_cli.main, list(argv), out, err)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -46,7 +46,7 @@ async def test_tls_and_failures(primary: Primary) -> None:
 
 
 def test_standby_summary() -> None:
-    lines = status_cmd.summary(
+    lines = status_cli.summary(
         {
             "isPrimary": False,
             "pod": {"metadata": {"name": "test-2"}},
