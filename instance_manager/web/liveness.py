@@ -1,9 +1,9 @@
 """Liveness: the daemon answers ``/healthz`` with 200 while its event loop serves requests.
 
-CloudNativePG adds a primary isolation check to liveness: when the Kubernetes API is
+Liveness is the answer itself: a wedged loop fails the probe by not answering in time.
+CloudNativePG also runs a primary isolation check here (when the Kubernetes API is
 unreachable, a primary pings every peer's ``/failsafe`` and declares itself dead if one does
-not answer. This daemon has no Kubernetes API client, so that branch has no trigger here and
-liveness is the answer itself (a wedged loop fails the probe by not answering in time).
+not answer); that check needs a Kubernetes API client, and this module has none.
 """
 
 from __future__ import annotations

@@ -141,7 +141,8 @@ class StatusReader:
         if values["isPrimary"]:
             return
         # A standby must not restart with lower values before the primary's new ones reach
-        # it through the WAL (pg_controldata shows them). Replica clusters are not modelled.
+        # it through the WAL (pg_controldata shows them). The designated primary of a replica
+        # cluster is in recovery too: it takes this path like any standby.
         parsed, _ = await controldata.read(settings, timeout=CONTROLDATA_TIMEOUT)
         values["pendingRestart"] = status_sql.all_decreases_applied(decreased, parsed)
 
