@@ -168,9 +168,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     from instance_manager.supervisor import Supervisor
 
-    supervisor = Supervisor(current, load, signals, args.config)
-    code = asyncio.run(supervisor.run())
-    if supervisor.reexec_argv is not None:
+    while True:
+        supervisor = Supervisor(current, load, signals, args.config)
+        code = asyncio.run(supervisor.run())
+        if supervisor.reexec_argv is None:
+            return code
         # PUT /update: PostgreSQL still runs; the new build adopts it through its pidfile.
         from instance_manager.upgrade import build
 
@@ -179,9 +181,13 @@ def run_command(args: argparse.Namespace) -> int:
         try:
             build.exec_installed(supervisor.reexec_argv)  # checks the build's files first
         except (OSError, build.BuildError) as exc:
-            print(f"instance-manager: cannot re-execute: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-    return code
+            # Never leave PostgreSQL without a supervisor: this build adopts it again.
+            log.event(
+                logging.getLogger("instance-manager"),
+                "cannot re-execute into the new build; supervising with this one",
+                level=logging.ERROR,
+                error=str(exc),
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
