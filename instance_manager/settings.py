@@ -43,6 +43,27 @@ Port = Annotated[int, Meta(ge=0, le=65535)]
 DEFAULT_PLUGIN_TIMEOUT = 60.0
 
 
+# A pod name (Kubernetes DNS label): the peers' names become application_name and slot names.
+_POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+class Peer(Strict, frozen=True):
+    """One instance of a standalone cluster: where its PostgreSQL and status server listen."""
+
+    host: Annotated[str, Meta(min_length=1)]
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    statusPort: Annotated[int, Meta(ge=1, le=65535)] = 8000
+
+    def __post_init__(self) -> None:
+        check_single_line("host", self.host)  # reaches primary_conninfo
+
+
+def check_peers(peers: Mapping[str, Peer]) -> None:
+    for name in peers:
+        if len(name) > 63 or not _POD_NAME.fullmatch(name):
+            raise ValueError(f"peers: {name!r} is not a pod name (a-z, 0-9, '-', at most 63)")
+
+
 class InstanceOptions(Strict, frozen=True):
     """Options of this pod's manager (not part of the Cluster resource)."""
 
@@ -70,8 +91,15 @@ class InstanceOptions(Strict, frozen=True):
     # Custom-query YAML files (the mounted ConfigMaps/Secrets of spec.monitoring).
     pluginTimeout: Annotated[float, Meta(gt=0)] = DEFAULT_PLUGIN_TIMEOUT
     metricsQueriesFiles: list[Path] = field(default_factory=list)
+    # Standalone cluster mode: every instance of the cluster by pod name (this one included).
+    # None: a single instance, no cluster machinery.
+    peers: dict[str, Peer] | None = None
 
     def __post_init__(self) -> None:
+        if self.peers is not None:
+            check_peers(self.peers)
+            if self.podName not in self.peers:
+                raise ValueError(f"peers: this instance ({self.podName}) is not among them")
         # Paths and addresses reach postgresql.conf, pg_ident.conf and postmaster.pid.
         for name in self.__struct_fields__:
             value = getattr(self, name)

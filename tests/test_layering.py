@@ -4,7 +4,7 @@ Every module's imports are read with ``ast`` (module level, inside functions and
 ``TYPE_CHECKING`` alike) and attributed to a *unit*: a top-level module or subpackage of
 ``instance_manager``. Units sit in layers::
 
-    cli -> supervisor -> {postgres, web, metrics, plugins, wal, backup, upgrade, ...}
+    cli -> supervisor -> cluster -> {postgres, web, metrics, plugins, wal, backup, upgrade, ...}
         -> {process, httpd} -> {state, settings, errors, log, cluster_model, durable}
 
 A unit may import its own layer or a lower one, never a higher one; the graph of units has
@@ -25,9 +25,10 @@ import instance_manager
 PACKAGE = "instance_manager"
 ROOT = "(package)"  # instance_manager/__init__.py
 LAYERS: dict[str, int] = {
-    "cli": 4,
-    "__main__": 4,
-    "supervisor": 3,
+    "cli": 5,
+    "__main__": 5,
+    "supervisor": 4,
+    "cluster": 3,
     "postgres": 2,
     "web": 2,
     "metrics": 2,
