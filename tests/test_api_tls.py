@@ -162,7 +162,8 @@ def test_fingerprint_of_junk_is_an_error(junk: bytes) -> None:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # psycopg[binary] (a dependency) bundles its own OpenSSL here.
 _WHEEL = importlib.util.find_spec("psycopg_binary")
-WHEEL_LIBS = Path(_WHEEL.origin if _WHEEL and _WHEEL.origin else ".").parent.parent / (
+# Resolved: the process maps report real paths, and .venv may be a symlink to /opt.
+WHEEL_LIBS = Path(_WHEEL.origin if _WHEEL and _WHEEL.origin else ".").resolve().parent.parent / (
     "psycopg_binary.libs"
 )
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instance_manager import log
+from instance_manager.plugins import selection
 from instance_manager.settings import Settings
 
 _logger = log.get("backup")
@@ -152,10 +153,12 @@ class PluginBackups:
             raise
         except Exception as exc:
             record.phase, record.error = "failed", str(exc).strip() or type(exc).__name__
+            # A plugin the cluster does not enable is the caller's mistake, not ours.
+            known = record.plugin in selection.enabled(self._settings().cluster)
             log.event(
                 _logger,
                 "plugin backup failed",
-                logging.ERROR,
+                logging.ERROR if known else logging.WARNING,
                 backup=record.name,
                 error=record.error,
             )

@@ -49,7 +49,7 @@ class BackupModeApi:
         self.mode = mode
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.method not in ("GET", "POST", "PUT"):
+        if request.method not in ("GET", "HEAD", "POST", "PUT"):
             return error_response(405, "METHOD_NOT_ALLOWED", f"{request.method} not allowed")
         try:
             return await self.mode.exclusive(lambda: self._answer(request))
@@ -60,7 +60,7 @@ class BackupModeApi:
             return error_response(status, exc.code, exc.message)
 
     async def _answer(self, request: web.Request) -> web.Response:
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):  # aiohttp sends no body for HEAD
             return self._status()
         if request.method == "POST":
             body = await read_object(request, START_FIELDS)
