@@ -138,12 +138,45 @@ def _parameter_text(name: str, value: Any) -> str:
     return text
 
 
+class SynchronousReplicas(Strict, frozen=True):
+    """spec.postgresql.synchronous: how ``synchronous_standby_names`` is built."""
+
+    method: Literal["any", "first"]
+    number: Positive
+    maxStandbyNamesFromCluster: NonNegative | None = None
+    standbyNamesPre: list[str] = field(default_factory=list)
+    standbyNamesPost: list[str] = field(default_factory=list)
+    dataDurability: Literal["required", "preferred"] = "required"
+    failoverQuorum: bool = False
+    # Failure domains need a topology (Kubernetes labels): accepted, not used here.
+    podFailureDomainKeys: list[str] = field(default_factory=list)
+    nodeFailureDomainKeys: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for kind, names in (
+            ("standbyNamesPre", self.standbyNamesPre),
+            ("standbyNamesPost", self.standbyNamesPost),
+        ):
+            for index, name in enumerate(names):
+                check_single_line(f"{kind}[{index}]", name)
+        if self.dataDurability == "preferred" and (self.standbyNamesPre or self.standbyNamesPost):
+            raise ValueError(
+                "dataDurability: 'preferred' requires empty standbyNamesPre and standbyNamesPost"
+            )
+        if self.podFailureDomainKeys and self.nodeFailureDomainKeys:
+            raise ValueError(
+                "podFailureDomainKeys: podFailureDomainKeys and nodeFailureDomainKeys are "
+                "mutually exclusive"
+            )
+
+
 class PostgresConfiguration(Strict, frozen=True):
     parameters: dict[str, Any] = field(default_factory=dict)
     pg_hba: list[str] = field(default_factory=list)
     pg_ident: list[str] = field(default_factory=list)
     shared_preload_libraries: list[str] = field(default_factory=list)
     enableAlterSystem: bool = False
+    synchronous: SynchronousReplicas | None = None
 
     def __post_init__(self) -> None:
         # YAML turns `max_connections: 100` into an int; PostgreSQL wants text.
@@ -236,6 +269,48 @@ class Monitoring(Strict, frozen=True):
     tls: dict[str, Any] | None = None
 
 
+# Replication slots (CloudNativePG's api/v1 defaults).
+DEFAULT_SLOT_PREFIX = "_cnpg_"
+DEFAULT_SLOTS_UPDATE_INTERVAL = 30  # seconds between two passes of a standby's slot mirror
+_SLOT_PREFIX = re.compile(r"[0-9a-z_]*")
+
+
+class HighAvailabilitySlots(Strict, frozen=True):
+    """spec.replicationSlots.highAvailability: one physical slot per standby on the primary."""
+
+    enabled: bool = True
+    slotPrefix: str = DEFAULT_SLOT_PREFIX  # "" = the default
+    synchronizeLogicalDecoding: bool = False
+
+    def __post_init__(self) -> None:
+        if not _SLOT_PREFIX.fullmatch(self.slotPrefix):
+            raise ValueError(
+                f"slotPrefix: {self.slotPrefix!r} may only hold lower-case letters, digits and _"
+            )
+        if not self.slotPrefix:
+            force_setattr(self, "slotPrefix", DEFAULT_SLOT_PREFIX)
+
+
+class SynchronizeReplicas(Strict, frozen=True):
+    """spec.replicationSlots.synchronizeReplicas: user slots copied onto the standbys."""
+
+    enabled: bool = True
+    excludePatterns: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for index, pattern in enumerate(self.excludePatterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"excludePatterns[{index}]: {pattern!r}: {exc}") from None
+
+
+class ReplicationSlots(Strict, frozen=True):
+    highAvailability: HighAvailabilitySlots = field(default_factory=HighAvailabilitySlots)
+    updateInterval: Positive = DEFAULT_SLOTS_UPDATE_INTERVAL
+    synchronizeReplicas: SynchronizeReplicas = field(default_factory=SynchronizeReplicas)
+
+
 class Spec(Strict, frozen=True):
     instances: Positive = 1
     postgresql: PostgresConfiguration = field(default_factory=PostgresConfiguration)
@@ -267,9 +342,9 @@ class Spec(Strict, frozen=True):
     primaryUpdateMethod: str | None = None
     enableSuperuserAccess: bool | None = None
     superuserSecret: dict[str, Any] | None = None
-    minSyncReplicas: int | None = None
-    maxSyncReplicas: int | None = None
-    replicationSlots: dict[str, Any] | None = None
+    minSyncReplicas: NonNegative | None = None  # legacy synchronous replication
+    maxSyncReplicas: NonNegative | None = None
+    replicationSlots: ReplicationSlots = field(default_factory=ReplicationSlots)
     certificates: dict[str, Any] | None = None
     env: list[dict[str, Any]] | None = None
     logLevel: str | None = None
@@ -284,6 +359,22 @@ class Spec(Strict, frozen=True):
             plugin = source.get("plugin")
             if isinstance(plugin, dict) and isinstance(plugin.get("name"), str):
                 check_single_line(f"externalClusters[{index}]: plugin: name", plugin["name"])
+        self._check_synchronous()
+
+    def _check_synchronous(self) -> None:
+        # CloudNativePG's admission rules for synchronous replication.
+        if (self.maxSyncReplicas or 0) >= self.instances:
+            raise ValueError("maxSyncReplicas: must be lower than the number of instances")
+        if (self.minSyncReplicas or 0) > (self.maxSyncReplicas or 0):
+            raise ValueError("minSyncReplicas: cannot be greater than maxSyncReplicas")
+        sync = self.postgresql.synchronous
+        if sync and sync.number >= (
+            self.instances + len(sync.standbyNamesPre) + len(sync.standbyNamesPost)
+        ):
+            raise ValueError(
+                "postgresql: synchronous: number: must be less than the number of instances "
+                "plus the standby names given"
+            )
 
     @property
     def wal_max_parallel(self) -> int:
