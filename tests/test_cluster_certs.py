@@ -231,6 +231,42 @@ def test_leaves_are_issued_again_when_expiring_missing_renamed_or_from_another_c
         load_cert(cert_dir / leaf).verify_directly_issued_by(new_ca)
 
 
+def test_an_expiring_ca_is_signed_again_with_its_key(tmp_path: Path) -> None:
+    settings = in_process_settings(tmp_path)
+    document = tmp_path / "cluster.yaml"
+    ca_dir = certs.ca_dir(document)
+    ca_dir.mkdir(mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")])
+    now = dt.datetime.now(dt.UTC)
+    old = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=100))
+        .not_valid_after(now + dt.timedelta(days=3))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (ca_dir / "ca.crt").write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    (ca_dir / "ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    assert certs.ensure(settings, document, {})
+    renewed = load_cert(ca_dir / "ca.crt")
+    assert renewed.subject == name and renewed.public_key() == key.public_key()
+    assert renewed.not_valid_after_utc > now + dt.timedelta(days=3000)
+    server = load_cert(settings.certificates_dir / "server.crt")
+    server.verify_directly_issued_by(renewed)
+    server.verify_directly_issued_by(old)  # peers still holding the old copy trust it too
+
+
 def test_an_incomplete_ca_is_an_error_naming_it(tmp_path: Path) -> None:
     settings = in_process_settings(tmp_path)
     document = tmp_path / "cluster.yaml"
@@ -238,6 +274,15 @@ def test_an_incomplete_ca_is_an_error_naming_it(tmp_path: Path) -> None:
     (certs.ca_dir(document) / "ca.key").unlink()
     with pytest.raises(certs.CertificateError, match=r"cluster\.yaml\.certs"):
         certs.ensure(settings, document, {})
+
+
+def test_a_document_directory_the_account_cannot_write_is_named(tmp_root: Path) -> None:
+    shut = tmp_root / "shut"
+    shut.mkdir(mode=0o755)  # root's: the postgres account cannot create the CA there
+    child = start_child(shut / "cluster.yaml", tmp_root / "c", "pod-1", "127.0.0.1")
+    _, err = child.communicate("go\n", timeout=60)
+    assert child.returncode == 1
+    assert f"cannot create the cluster CA in {shut}/cluster.yaml.certs" in err
 
 
 def test_replication_conninfo_params(tmp_path: Path) -> None:

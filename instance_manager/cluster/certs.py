@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from instance_manager import log
 from instance_manager.durable import fsync_dir
@@ -108,14 +108,15 @@ def ensure(settings: Settings, document: Path, peers: Mapping[str, Peer] | None 
     """Make this instance's certificates exist and be valid; True when a file changed.
 
     Call it in cluster mode only (``instance.peers`` present), as the account PostgreSQL
-    runs as (after ``privileges.prepare``), before the configuration files are written:
-    ``postgres/config.py`` enables ``ssl`` and the certificate rules of pg_hba.conf when
-    the files exist. In the spine: once at start, in the supervisor (or the reconciler's
-    first step) before ``Lifecycle.run`` writes the configuration and starts PostgreSQL,
-    through ``asyncio.to_thread`` (it blocks: key generation, fsync); and again on each
-    reconcile if certificates are to be renewed while running, requesting a reload when it
-    returns True. ``document`` is the Cluster document (``--config``); ``peers`` defaults
-    to ``settings.instance.peers``: this pod's entry gives the host named in server.crt.
+    runs as (after ``privileges.prepare``), through ``asyncio.to_thread`` (it blocks: key
+    generation, fsync). Where: first thing in ``cluster/prepare.py``'s ``Preparer.run``,
+    which the lifecycle awaits before each start: before a join's pg_basebackup (which
+    authenticates with these files) and before the configuration files are written
+    (``postgres/config.py`` turns ``ssl`` and pg_hba.conf's certificate rules on when the
+    files exist). A running instance renews by calling it again (e.g. once a day from the
+    reconciler) and requesting a reload when it returns True. ``document``: the Cluster
+    document (``--config``); ``peers``: by default ``settings.instance.peers``, whose entry
+    for this pod gives the host named in server.crt.
     """
     meta = settings.cluster.metadata
     authority = ensure_authority(ca_dir(document), meta.name, meta.namespace)
@@ -145,7 +146,12 @@ def ensure(settings: Settings, document: Path, peers: Mapping[str, Peer] | None 
 def ensure_authority(directory: Path, cluster_name: str, namespace: str) -> Authority:
     """The cluster CA in ``directory``, created when absent, re-signed when expiring."""
     if not (directory / CA_CRT).exists() and not (directory / CA_KEY).exists():
-        _create_authority(directory, cluster_name, namespace)
+        try:
+            _create_authority(directory, cluster_name, namespace)
+        except OSError as exc:
+            raise CertificateError(
+                f"cannot create the cluster CA in {directory}: {exc.strerror}"
+            ) from None
     authority = load_authority(directory)
     if _expiring(authority.certificate):
         authority = _renew_authority(directory, authority)
@@ -202,16 +208,7 @@ def _cert_pem(certificate: x509.Certificate) -> bytes:
 
 
 def _same_key(certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
-    from cryptography.hazmat.primitives import serialization
-
-    def der(public: Any) -> bytes:
-        return bytes(
-            public.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-
-    return der(certificate.public_key()) == der(key.public_key())
+    return bool(certificate.public_key() == key.public_key())
 
 
 def _expiring(certificate: x509.Certificate) -> bool:
@@ -244,16 +241,10 @@ def _sign_authority(key: ec.EllipticCurvePrivateKey, subject: x509.Name) -> x509
     )
 
 
+# x509.KeyUsage takes every flag; the ones set are named where it is built.
 _KEY_USAGE_FLAGS = (
-    "digital_signature",
-    "content_commitment",
-    "key_encipherment",
-    "data_encipherment",
-    "key_agreement",
-    "key_cert_sign",
-    "crl_sign",
-    "encipher_only",
-    "decipher_only",
+    *("digital_signature", "content_commitment", "key_encipherment", "data_encipherment"),
+    *("key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
 )
 
 
