@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -37,6 +38,8 @@ class InstanceState:
     started_at: float = field(default_factory=time.time)
     wal_segment_size: int = 16 * 1024 * 1024  # read from pg_controldata at each start
     wal: WalState = field(default_factory=lambda: WalState())
+    # Standalone cluster mode; written by the cluster reconciler.
+    cluster: ClusterState = field(default_factory=lambda: ClusterState())
 
     def reload_failed(self, error: str) -> None:
         self.reload_error = error
@@ -48,6 +51,31 @@ class InstanceState:
         self.reload_error = ""
         self.reload_failed_at = None
         self.reload_failures = 0
+
+
+@dataclass
+class ClusterState:
+    """This instance in its cluster: /pg/status shows it (empty outside cluster mode)."""
+
+    enabled: bool = False
+    role: str = "unknown"
+    target_primary: str = ""
+    current_primary: str = ""
+    # pg_basebackup of a join: phase, doneKiB, totalKiB, percent, source.
+    join: dict[str, Any] = field(default_factory=dict)
+    # A primary's pg_stat_replication, a standby's WAL receiver.
+    replication: list[dict[str, Any]] = field(default_factory=list)
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "targetPrimary": self.target_primary,
+            "currentPrimary": self.current_primary,
+            "join": self.join,
+            "replication": self.replication,
+            "lastError": self.last_error,
+        }
 
 
 @dataclass

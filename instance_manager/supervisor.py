@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from instance_manager import config_watch, log
+from instance_manager.cluster.reconciler import Reconciler
 from instance_manager.cluster_model import Cluster
 from instance_manager.errors import EXIT_FAILURE, EXIT_OK, InstanceManagerError, describe
 from instance_manager.postgres import config
@@ -63,6 +64,12 @@ class Supervisor:
         # Set by PUT /update: after a clean detach, cli.py re-executes this command line.
         self.reexec_argv: list[str] | None = None
         self.lifecycle.before_stop.append(self._close_web_sessions)
+        # Standalone cluster mode: peers in the document, whose reports sit beside it.
+        self.reconciler: Reconciler | None = None
+        if settings.instance.peers and config_file is not None:
+            self.reconciler = Reconciler(
+                self.lifecycle, config_file, reload_settings, self.wal_server.archiver.archive
+            )
 
     def _wal_server(self, settings: Settings) -> WalServer:
         def cluster() -> Cluster:
@@ -104,13 +111,21 @@ class Supervisor:
                     # the ready WAL during the shutdown.
                     tg.create_task(self._guard("WAL server", self.wal_server.run())),
                 ]
+                if self.reconciler is not None:  # prepares PGDATA before the first start
+                    reconciler = self._guard("cluster reconciler", self.reconciler.run())
+                    background.append(tg.create_task(reconciler))
                 life = tg.create_task(self._run_lifecycle())
                 await self._first(self.lifecycle.spawned.wait(), life)
                 if not life.done():
                     background.append(tg.create_task(self._guard("status server", self._web())))
                     background.append(tg.create_task(self._optional("metrics", self._metrics())))
                 if self.config_file is not None and not life.done():
-                    watcher = config_watch.watch(self.config_file, self.lifecycle.request_reload)
+                    on_change = (
+                        self.lifecycle.request_reload
+                        if self.reconciler is None
+                        else self.reconciler.document_changed
+                    )
+                    watcher = config_watch.watch(self.config_file, on_change)
                     background.append(tg.create_task(self._guard("settings watch", watcher)))
                 await life
                 for task in background:

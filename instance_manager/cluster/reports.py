@@ -91,12 +91,13 @@ def read_all(directory: Path, names: list[str]) -> dict[str, Report]:
     return found
 
 
-def fingerprint(directory: Path) -> tuple[tuple[str, int], ...]:
-    """Names and modification times of the reports: changes when any report is rewritten."""
+def fingerprint(directory: Path, skip: str = "") -> tuple[tuple[str, int], ...]:
+    """Names and modification times of the reports but ``skip``'s (this instance's own):
+    changes when another instance rewrites its report."""
     out = []
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name.endswith(".json"):
+            if entry.name.endswith(".json") and entry.name != f"{skip}.json":
                 with contextlib.suppress(OSError):
                     out.append((entry.name, entry.stat().st_mtime_ns))
     return tuple(sorted(out))

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from instance_manager import log
@@ -29,6 +29,7 @@ from instance_manager.postgres import (
     controldata,
     postmaster,
     recovery,
+    roles,
     shutdown,
     waldir,
 )
@@ -66,6 +67,13 @@ class Lifecycle:
         self.stop_requested_at: float | None = None  # time.monotonic(): stopDelay counts from it
         self.escalate = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        self._new_settings: Settings | None = None  # given with request_reload
+        # Role commands (promote, switchover stop), each with the future its sender awaits.
+        self._commands: asyncio.Queue[tuple[str, asyncio.Future[None]]] = asyncio.Queue()
+        # Cluster mode: run before each start (join, rewind, standby files), and the
+        # standby's override.conf settings (primary_conninfo, primary_slot_name...).
+        self.prepare_data: Callable[[], Awaitable[None]] | None = None
+        self.recovery_settings: Callable[[], Mapping[str, str]] = dict
         # Online upgrade: stop supervising and leave the postmaster running.
         self.detach_requested = asyncio.Event()
         # Run before PostgreSQL is stopped: sessions of other components (a backup).
@@ -91,8 +99,24 @@ class Lifecycle:
             self.stop_requested_at = time.monotonic()
             self.stop_requested.set()
 
-    def request_reload(self) -> None:
+    def request_reload(self, new: Settings | None = None) -> None:
+        """Apply the settings file again, or ``new`` (already loaded by the reconciler)."""
+        self._new_settings = new
         self.reload_requested.set()
+
+    async def promote(self) -> None:
+        """Command: promote the running standby; returns once it runs as a primary."""
+        await self._command("promote")
+
+    async def switchover_stop(self) -> None:
+        """Command: stop this former primary fast, then immediate; PostgreSQL starts again
+        only through ``prepare_data`` (which rejoins it as a standby). Returns once down."""
+        await self._command("switchover")
+
+    async def _command(self, name: str) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._commands.put((name, done))
+        await done
 
     def request_detach(self) -> None:
         self.detach_requested.set()
@@ -147,6 +171,8 @@ class Lifecycle:
                 if reason == "detach":
                     await self._detach(pm)
                     return
+                if reason == "switchover":
+                    continue
             ran_for = time.monotonic() - pm.started_at
             self._report_exit(pm, reason)
             if self.settings.on_postmaster_exit == "exit":
@@ -178,6 +204,9 @@ class Lifecycle:
         return None
 
     async def _start(self) -> Postmaster:
+        if self.prepare_data is not None:
+            self.spawned.set()  # a join takes long: the status server shows its progress
+            await self.prepare_data()
         s = self.settings
         if s.cluster.spec.bootstrap.recovery is not None and recovery.restore_needed(s):
             from instance_manager.plugins.recovery import call_restore  # gRPC only here
@@ -189,7 +218,7 @@ class Lifecycle:
             await bootstrap.initdb(s)
         await asyncio.to_thread(waldir.place, s)  # pg_wal onto the WAL volume, if any
         await self._check_wal_space()
-        rendered, _ = config.write_all(s, self._data_checksums)
+        rendered, _ = config.write_all(s, self._data_checksums, self.recovery_settings())
         self.state.written_config_hash = rendered.sha256
         self._stderr.clear()
         pm = await postmaster.start(s, self._stderr.append)
@@ -214,6 +243,7 @@ class Lifecycle:
         self.session.reopen()
         await self._warm_session()
         self.state.postmaster_running = True
+        self.state.might_be_unavailable = False  # after a switchover stop, say
         task = asyncio.get_running_loop().create_task(self._after_start(pm))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -268,13 +298,20 @@ class Lifecycle:
             reload = asyncio.ensure_future(self.reload_requested.wait())
             detach = asyncio.ensure_future(self.detach_requested.wait())
             retry = asyncio.ensure_future(self.reloader.scheduled.wait())
+            command = asyncio.ensure_future(self._commands.get())
             done, pending = await asyncio.wait(
-                {exit_task, stop, reload, detach, retry},
+                {exit_task, stop, reload, detach, retry, command},
                 timeout=self.reloader.retry_in(),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             for task in pending:
                 task.cancel()
+            if command in done and (stop in done or exit_task in done):
+                command.result()[1].set_exception(RuntimeError("PostgreSQL is stopping"))
+            elif command in done:
+                if await self._run_command(pm, *command.result()):
+                    return "switchover"
+                continue
             if stop in done:
                 return "stop"
             if detach in done:
@@ -287,6 +324,27 @@ class Lifecycle:
                 await self._unless_stopped(self._reload(pm))
             elif not done:  # a failed reload is due for another attempt
                 await self._unless_stopped(self._apply(pm))
+
+    async def _run_command(self, pm: Postmaster, name: str, done: asyncio.Future[None]) -> bool:
+        """Carry out a role command; True when the postmaster was stopped for a switchover."""
+        try:
+            if name == "promote":
+                await roles.promote(self.settings)
+                self.state.is_primary = True
+            else:
+                self.state.might_be_unavailable = True
+                checkpoint = self._checkpoint if self.state.is_primary else None
+                await self._close_sessions()
+                await roles.switchover_stop(pm, self.settings, self.escalate, checkpoint)
+                self.state.postmaster_running = False
+                self.session.reopen()
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return False
+        if not done.done():
+            done.set_result(None)
+        return name == "switchover"
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work``; a stop request cancels it (a reload must not delay a stop)."""
@@ -304,11 +362,12 @@ class Lifecycle:
             await task
 
     async def _apply(self, pm: Postmaster) -> None:
-        await self.reloader.apply(self.settings, pm, self._data_checksums)
+        recovery = self.recovery_settings()
+        await self.reloader.apply(self.settings, pm, self._data_checksums, recovery)
 
     async def _reload(self, pm: Postmaster) -> None:
         try:
-            new = self._reload_settings()
+            new, self._new_settings = self._new_settings or self._reload_settings(), None
         except SettingsError as exc:
             log.event(
                 _logger,

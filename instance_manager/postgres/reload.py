@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, LiteralString
 
 from instance_manager import log
@@ -57,11 +58,18 @@ class Reloader:
             return None
         return max(0.0, self._retry_at - time.monotonic())
 
-    async def apply(self, settings: Settings, pm: Postmaster, data_checksums: bool) -> None:
-        """Write, SIGHUP, confirm. Never raises: a failure schedules a retry."""
+    async def apply(
+        self,
+        settings: Settings,
+        pm: Postmaster,
+        data_checksums: bool,
+        recovery: Mapping[str, str] | None = None,
+    ) -> None:
+        """Write, SIGHUP, confirm. Never raises: a failure schedules a retry.
+        ``recovery``: a standby's override.conf settings (config.render_override_conf)."""
         self._retry_at = None
         try:
-            rendered, changed = config.write_all(settings, data_checksums)
+            rendered, changed = config.write_all(settings, data_checksums, recovery)
             self.state.written_config_hash = rendered.sha256
             log.event(_logger, "configuration reload requested", changed=changed)
             pm.signal(signal.SIGHUP)

@@ -100,7 +100,10 @@ class StatusReader:
             values["isPrimary"] = not await asyncio.to_thread(
                 _has_standby_signal, self._settings().pgdata
             )
-        body = json.dumps(status_sql.shape(values), separators=(",", ":")).encode()
+        shaped = status_sql.shape(values)
+        if self._state.cluster.enabled:  # standalone cluster mode: role, primaries, join
+            shaped["cluster"] = self._state.cluster.as_dict()
+        body = json.dumps(shaped, separators=(",", ":")).encode()
         return Reply(200, body, "application/json")
 
     def _base(self) -> dict[str, Any]:

@@ -1,0 +1,206 @@
+"""The instance reconciler of standalone cluster mode.
+
+Fed by two sources: the shared Cluster document (each new version, from the settings
+watch) and the reports of the other instances (a watch on the reports directory, so a
+peer's promotion is seen within ~100 ms). Each pass builds the cluster view, takes at most
+one step toward it, and writes this instance's report:
+
+- document changed: the configuration is applied (the lifecycle's reload);
+- a running primary that is no longer the target (or sees a newer primary): switchover
+  stop, fast then immediate; the lifecycle then starts it again through prepare_data,
+  which rejoins it as a standby;
+- a standby that is the target: promotion;
+- a standby whose primary_conninfo does not name the current primary: rewrite
+  override.conf and reload (PostgreSQL 15 re-reads primary_conninfo without a restart).
+
+Before each start of PostgreSQL the lifecycle runs ``prepare_data`` (cluster/prepare.py):
+join, rewind, or the standby files. The lifecycle stays the only owner of the postmaster:
+this component only sends it commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+from instance_manager import log
+from instance_manager.cluster import prepare, promote, reports, standby, view
+from instance_manager.cluster.observe import observe
+from instance_manager.cluster.view import ClusterView
+from instance_manager.errors import SettingsError
+from instance_manager.postgres import roles, shutdown
+from instance_manager.postgres.lifecycle import Lifecycle
+from instance_manager.settings import Settings
+
+_logger = log.get()
+# A pass runs at least this often: the report's LSNs and readiness stay fresh.
+REPORT_INTERVAL = 1.0
+# Watch of the reports directory: changes are delivered within about this many ms.
+WATCH_STEP_MS = 20
+WATCH_DEBOUNCE_MS = 40
+
+
+class Reconciler:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        document: Path,
+        reload_settings: Callable[[], Settings],
+        archive: Callable[[Path], Awaitable[None]],
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.state = lifecycle.state
+        self.document = document
+        self.reports_dir = reports.reports_dir(document)
+        self._reload_settings = reload_settings
+        self.cluster = lifecycle.settings.cluster
+        self._document_changed = False
+        self._wake = asyncio.Event()
+        self.claims = prepare.Claims(self.reports_dir, lifecycle.settings.instance.podName)
+        self.preparer = prepare.Preparer(lifecycle, self.current_view, self.claims, archive)
+        lifecycle.prepare_data = self.preparer.run
+        lifecycle.recovery_settings = self.recovery_settings
+        self.state.cluster.enabled = True
+
+    # -- sources --
+    def document_changed(self) -> None:
+        """The settings watch (and SIGHUP) call this."""
+        self._document_changed = True
+        self._wake.set()
+
+    def reports_changed(self) -> None:
+        self._wake.set()
+        self.preparer.changed.set()
+
+    def current_view(self) -> ClusterView:
+        s = self.lifecycle.settings
+        peers = s.instance.peers or {}
+        found = reports.read_all(self.reports_dir, sorted(peers))
+        return view.build(self.cluster, s.instance.podName, peers, found)
+
+    def recovery_settings(self) -> Mapping[str, str]:
+        s = self.lifecycle.settings
+        if not roles.is_standby(s.pgdata):
+            return {}
+        return standby.recovery_settings(s, self.current_view())
+
+    # -- the loop --
+    async def run(self) -> None:
+        watch = asyncio.get_running_loop().create_task(self._watch_reports())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REPORT_INTERVAL):
+                        await self._wake.wait()
+                self._wake.clear()
+                await self.reconcile()
+        finally:
+            watch.cancel()
+
+    async def reconcile(self) -> None:
+        """One pass: a step at most, then the report. A failed step is retried next pass."""
+        try:
+            if self._document_changed:
+                self._document_changed = False
+                self._apply_document()
+            current = self.current_view()
+            self._show(current)
+            await self._step(current)
+        except Exception as exc:
+            self.state.cluster.last_error = " ".join(str(exc).split()) or type(exc).__name__
+            log.event(
+                _logger,
+                "reconcile step failed",
+                logging.WARNING,
+                error=self.state.cluster.last_error,
+            )
+        await self.write_report()
+
+    def _apply_document(self) -> None:
+        try:
+            new = self._reload_settings()
+        except SettingsError as exc:
+            log.event(
+                _logger,
+                "new settings refused; keeping the running ones",
+                logging.ERROR,
+                error=str(exc),
+            )
+            return
+        changed_spec = (
+            new.cluster.spec != self.cluster.spec or new.cluster.metadata != self.cluster.metadata
+        )
+        self.cluster = new.cluster
+        self.preparer.changed.set()
+        if changed_spec:
+            self.lifecycle.request_reload(new)
+
+    def _show(self, current: ClusterView) -> None:
+        self.state.cluster.target_primary = current.target_primary
+        self.state.cluster.current_primary = current.current_primary or ""
+
+    async def _step(self, current: ClusterView) -> None:
+        if not self.state.postmaster_running or self.state.stopping:
+            return
+        s = self.lifecycle.settings
+        if self.state.is_primary:
+            if not current.i_am_target or current.other_is_current:
+                log.event(
+                    _logger,
+                    "no longer the target primary: switchover",
+                    target=current.target_primary,
+                )
+                await self.lifecycle.switchover_stop()
+                return
+            await self.claims.claim()
+            return
+        if current.i_am_target:
+            failover = current.current_primary != current.me
+            timeout = float(s.cluster.spec.switchoverDelay) + shutdown.IMMEDIATE_MIN
+            await promote.promote(self.lifecycle, failover, timeout, self._claim_now)
+            return
+        wanted = standby.recovery_settings(s, current)
+        if wanted and not standby.following(s.pgdata, wanted):
+            log.event(_logger, "following the new primary", primary=current.current_primary)
+            primary = current.current_primary
+            assert primary is not None
+            await prepare.ensure_slot_quietly(s, current.peer(primary))
+            self.lifecycle.request_reload()
+
+    async def _claim_now(self) -> None:
+        await self.claims.claim(new=True)
+        await self.write_report()
+
+    async def write_report(self) -> None:
+        s = self.lifecycle.settings
+        observed = await observe(self.lifecycle)
+        self.state.cluster.role = observed.role
+        self.state.cluster.replication = observed.replication
+        report = self.claims.report(observed)
+        try:
+            await asyncio.to_thread(reports.write, self.reports_dir, report)
+        except OSError as exc:
+            log.event(
+                _logger,
+                "cannot write the report",
+                logging.WARNING,
+                error=str(exc),
+                pod=s.instance.podName,
+            )
+
+    async def _watch_reports(self) -> None:
+        from watchfiles import awatch
+
+        await asyncio.to_thread(self.reports_dir.mkdir, reports.DIRECTORY_MODE, False, True)
+        me = self.lifecycle.settings.instance.podName
+        last = reports.fingerprint(self.reports_dir, me)
+        async for _ in awatch(
+            self.reports_dir, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS, recursive=False
+        ):
+            now = reports.fingerprint(self.reports_dir, me)
+            if now != last:
+                last = now
+                self.reports_changed()

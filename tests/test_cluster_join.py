@@ -1,0 +1,40 @@
+"""Standalone cluster: standbys join by cloning the primary and stream from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster_kit import Trio, three_instances  # noqa: F401 - the fixture
+from tests.daemon import http_get, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_standbys_join_and_stream(three_instances: Trio) -> None:
+    trio = three_instances
+    trio.start_all()
+    try:
+        trio.wait_streaming("pg-1", {"pg-2", "pg-3"})
+        for daemon in trio.daemons.values():
+            daemon.wait_ready()
+    except AssertionError:
+        raise AssertionError(trio.tails()) from None
+    assert trio.current_primary() == "pg-1"
+    trio.sql("pg-1", "CREATE TABLE joined (i int); INSERT INTO joined VALUES (42)")
+    for name in ("pg-2", "pg-3"):
+        wait_for(
+            lambda n=name: trio.sql(n, "SELECT to_regclass('joined') IS NOT NULL")[0][0],
+            30,
+            f"the table on {name}",
+        )
+        assert trio.sql(name, "SELECT i FROM joined") == [(42,)]
+        assert trio.sql(name, "SELECT pg_is_in_recovery()") == [(True,)]
+        slot = trio.sql(name, "SELECT slot_name FROM pg_stat_wal_receiver")
+        assert slot == [(f"_cnpg_{name.replace('-', '_')}",)]
+        assert trio.daemons[name].find("clone complete")
+        code, body = http_get(trio.members[name].url("/pg/status"))
+        assert code == 200, body
+    for name in ("pg-2", "pg-3"):
+        wait_for(lambda n=name: trio.report(n).get("ready"), 30, f"{name} reported ready")
+        assert trio.report(name)["role"] == "replica"
+    assert trio.report("pg-1")["role"] == "primary"
