@@ -306,3 +306,18 @@ def test_invalid_settings_name_the_field(
     assert message.startswith(f"invalid settings: {field}: "), message
     assert detail in message, message
     assert info.value.exit_code == 2
+
+
+def test_write_all_writes_the_managed_parameters(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    s.pgdata.mkdir()
+    (s.pgdata / "postgresql.conf").write_text("# initdb\n")
+    managed = sync.sync_parameters("c", ["a", "b"], "a", ["a"], spec(method="first", number=1))
+    rendered, changed = config.write_all(s, managed=managed)
+    written = (s.pgdata / config.CUSTOM_CONF).read_text()
+    assert changed and written == rendered.custom_conf
+    assert 'synchronous_standby_names = \'FIRST 1 ("b","a")\'\n' in written
+    _, changed = config.write_all(s, managed=managed)
+    assert not changed
+    _, changed = config.write_all(s)  # a standby, or synchronous replication turned off
+    assert changed and "synchronous_standby_names" not in (s.pgdata / "custom.conf").read_text()

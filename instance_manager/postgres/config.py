@@ -275,12 +275,16 @@ def log_dropped(rendered: RenderedConfig) -> None:
 
 
 def write_all(
-    settings: Settings, data_checksums: bool = False, recovery: Mapping[str, str] | None = None
+    settings: Settings,
+    data_checksums: bool = False,
+    recovery: Mapping[str, str] | None = None,
+    managed: dict[str, str] | None = None,
 ) -> tuple[RenderedConfig, bool]:
     """Write every managed file; returns the rendered custom.conf and whether any changed.
-    ``recovery``: extra override.conf settings (see render_override_conf)."""
+    ``recovery``: extra override.conf settings (see render_override_conf); ``managed``:
+    custom.conf settings of the cluster layer (see render_custom_conf)."""
     pgdata = settings.pgdata
-    rendered = render_custom_conf(settings, data_checksums)
+    rendered = render_custom_conf(settings, data_checksums, managed)
     log_dropped(rendered)
     changed = write_atomic(pgdata / CUSTOM_CONF, rendered.custom_conf)
     changed |= write_atomic(pgdata / OVERRIDE_CONF, render_override_conf(settings, recovery))
