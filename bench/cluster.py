@@ -62,6 +62,7 @@ class Side(Protocol):
     def ports(self) -> dict[str, int]: ...
     def start(self, timeout: float) -> None: ...
     def wait_settled(self, timeout: float) -> None: ...
+    def check_alive(self) -> None: ...
     def kill(self, name: str) -> None: ...
     def stop_node(self, name: str) -> None: ...
     def start_node(self, name: str) -> None: ...
@@ -91,7 +92,7 @@ def next_member(ports: dict[str, int], after: str) -> str:
 
 def settle(side: Side) -> str:
     """Wait for a healthy cluster; the primary's name."""
-    primary = wait_streaming(side.ports, SETTLE_TIMEOUT)
+    primary = wait_streaming(side.ports, SETTLE_TIMEOUT, side.check_alive)
     side.wait_settled(SETTLE_TIMEOUT)
     return primary
 
@@ -143,7 +144,7 @@ def rejoin(side: Side, name: str, out: Figures) -> None:
     """The killed member back as a standby: restarted, re-cloned if that does not work."""
     side.start_node(name)
     try:
-        wait_streaming(side.ports, 120)
+        wait_streaming(side.ports, 120, side.check_alive)
         return
     except BenchError:
         out.notes.append(f"{name} did not rejoin within 120 s after its restart: re-cloned")
@@ -153,22 +154,26 @@ def rejoin(side: Side, name: str, out: Figures) -> None:
     settle(side)
 
 
-def measure_join(side: Side, cfg: Config, out: Figures, scratch: Path) -> None:
+def measure_join(side: Side, out: Figures, scratch: Path, reference_first: bool) -> None:
+    """A standby wiped and started again, and pg_basebackup by hand, in either order."""
     primary = settle(side)
     standby = next_member(side.ports, primary)
     port = side.ports[primary]
-    out.basebackups.append(pg_basebackup_seconds(port, scratch))
+    if reference_first:
+        out.basebackups.append(pg_basebackup_seconds(port, scratch))
     side.stop_node(standby)
     side.wipe(standby)
     launched = time.perf_counter()
     side.start_node(standby)
     out.joins.append(wait_member_streaming(port, standby, 900, 0.01) - launched)
+    if not reference_first:
+        settle(side)
+        out.basebackups.append(pg_basebackup_seconds(port, scratch))
     print(
         f"  {side.label} join of {standby}: {out.joins[-1]:.2f} s, "
         f"pg_basebackup by hand {out.basebackups[-1]:.2f} s",
         flush=True,
     )
-    del cfg
 
 
 def measure_side(side: Side, cfg: Config, modes: Sequence[str], scratch: Path) -> Figures:
@@ -190,8 +195,8 @@ def measure_side(side: Side, cfg: Config, modes: Sequence[str], scratch: Path) -
                 measure_failover(side, writer, mode, out)
     finally:
         writer.stop()
-    for _ in range(cfg.joins):
-        measure_join(side, cfg, out, scratch)
+    for i in range(cfg.joins):
+        measure_join(side, out, scratch, reference_first=i % 2 == 0)
     return out
 
 
@@ -229,6 +234,10 @@ def run_ours(cfg: Config) -> Figures:
 # -- main ---------------------------------------------------------------------------------
 
 
+def print_load(when: str) -> None:
+    print(f"1-minute load at {when}: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)
+
+
 def make_config(args: argparse.Namespace) -> Config:
     quick = bool(args.quick)
     return Config(
@@ -263,12 +272,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-ours", action="store_true", help="measure Patroni only")
     cfg = make_config(parser.parse_args(argv))
     signal.signal(signal.SIGTERM, on_sigterm)
-    print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
+    print_load("start")
     try:
         preflight()
         ours, why, patroni = measure_all(cfg)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(f"cluster: {exc}", file=sys.stderr)
+        print_load("end")
         return 2
     print_details([f for f in (patroni, ours) if f is not None])
     print("\nResults")
@@ -276,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_lines(rows)
     if why:
         print(f"\nours: not measurable yet ({why})")
-    print(f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+    print_load("end")
     return 0 if ours is not None and all(r.passed is not False for r in rows) else 1
 
 

@@ -65,10 +65,14 @@ def primaries(ports: dict[str, int]) -> list[str]:
     return [name for name, port in ports.items() if in_recovery(port) is False]
 
 
-def wait_streaming(ports: dict[str, int], timeout: float) -> str:
-    """Wait for one primary with every other member streaming from it; its name."""
+def wait_streaming(ports: dict[str, int], timeout: float, check: Callable[[], None]) -> str:
+    """Wait for one primary with every other member streaming from it; its name.
+
+    ``check`` is called on every poll and raises when waiting longer is pointless.
+    """
 
     def healthy() -> str | None:
+        check()
         found = primaries(ports)
         if len(found) != 1:
             return None

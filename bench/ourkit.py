@@ -115,16 +115,17 @@ class OurCluster:
         for name in self.members:
             self.start_member(name)
 
-    def settled(self) -> bool:
-        return all(m.proc is not None and m.proc.poll() is None for m in self.members.values())
+    def check_alive(self) -> None:
+        """BenchError when a daemon that should run has exited."""
+        for name, m in self.members.items():
+            if m.proc is not None and m.proc.poll() is not None:
+                code = m.proc.returncode
+                raise BenchError(f"{name}'s daemon exited {code}:\n{self.log_tail(name)}")
 
     def wait_settled(self, timeout: float) -> None:
-        if not self.settled():
-            dead = [
-                n for n, m in self.members.items() if m.proc is None or m.proc.poll() is not None
-            ]
-            raise BenchError(f"daemon(s) {', '.join(dead)} exited:\n{self.log_tail(dead[0])}")
+        """Every daemon runs (their PostgreSQL were seen streaming by the caller)."""
         del timeout
+        self.check_alive()
 
     def kill(self, name: str) -> None:
         """kill -9 of the member's daemon, then of its postmaster."""
@@ -132,6 +133,7 @@ class OurCluster:
         if m.proc is not None:
             m.proc.send_signal(signal.SIGKILL)
             m.proc.wait(10)
+            m.proc = None
         pid = postmaster_pid(m.pgdata)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -142,6 +144,7 @@ class OurCluster:
         if m.proc is not None:
             m.proc.terminate()
             code = m.proc.wait(120)
+            m.proc = None
             if code != 0:
                 raise BenchError(
                     f"{name}'s daemon exited {code} on SIGTERM:\n{self.log_tail(name)}"

@@ -242,6 +242,13 @@ class PatroniCluster:
             and len(replicas) == len(members) - 1
         )
 
+    def check_alive(self) -> None:
+        """BenchError when a Patroni node that should run has exited."""
+        for name, node in self.nodes.items():
+            if node.proc is not None and node.proc.poll() is not None:
+                code = node.proc.returncode
+                raise BenchError(f"Patroni {name} exited {code}:\n{self.log_tail(name)}")
+
     def wait_settled(self, timeout: float) -> None:
         wait_until(self.settled, timeout, "Patroni to report every replica streaming", 0.1)
 
@@ -251,6 +258,7 @@ class PatroniCluster:
         if node.proc is not None:
             node.proc.send_signal(signal.SIGKILL)
             node.proc.wait(10)
+            node.proc = None
         pid = postmaster_pid(node.pgdata)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -261,6 +269,7 @@ class PatroniCluster:
         if node.proc is not None:
             node.proc.terminate()
             node.proc.wait(60)
+            node.proc = None
         wait_until(lambda: postmaster_pid(node.pgdata) is None, 30, f"{name}'s postmaster to stop")
 
     def wipe(self, name: str) -> None:
