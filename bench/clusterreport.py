@@ -104,7 +104,6 @@ def lines(ours: Figures | None, patroni: Figures) -> list[Line]:
             "<= ref + 1 s",
             lambda a, b: a <= b + 1.0,
         ),
-        compare("join, Patroni", median(p.joins), median(p.basebackups), "pg_basebackup"),
         compare(
             "acknowledged rows lost, switchovers", lost[0], p.switch_lost, "Patroni", unit="rows"
         ),
