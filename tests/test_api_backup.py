@@ -181,6 +181,24 @@ async def test_state_machine_errors(primary: Primary) -> None:
         )  # fmt: skip
 
 
+async def test_a_name_that_cannot_name_a_slot_is_refused(primary: Primary) -> None:
+    """The slot is named after the backup: no name, or one over 63 characters, is a 400,
+    not a backup that fails in the background (an error line for a client's mistake)."""
+    async with serve_api(primary.settings(), primary.certs) as api, api.client() as client:
+        for raw in (
+            b"{}",
+            b"null",
+            b'{"backupName": ""}',
+            json.dumps({"backupName": "b" * 64}).encode(),
+        ):
+            code, body = await call(client, api, "POST", raw=raw)
+            assert (code, body["error"]["code"]) == (400, "FAILED_TO_PARSE_REQUEST"), raw
+            assert "backupName must be 1 to 63 characters" in body["error"]["message"]
+        assert await call(client, api, "GET") == (200, {"data": {}})
+        assert (await call(client, api, "POST", {"backupName": "é" * 63}))[0] == 200
+        await wait_phase(client, api, "started")
+
+
 async def test_failed_backup_is_reported(primary: Primary) -> None:
     name = "dup"
     pg(primary.conninfo(), "SELECT pg_create_physical_replication_slot('dup')")  # taken

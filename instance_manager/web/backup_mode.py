@@ -29,6 +29,9 @@ START_FIELDS: dict[str, type] = {
     "backupName": str,
 }
 STOP_FIELDS: dict[str, type] = {"backupName": str}
+# The backup's temporary slot is named after it, one character for each (slot_name):
+# PostgreSQL's names are 1 to 63 bytes.
+MAX_BACKUP_NAME = 63
 
 
 def result_data(session: Session) -> dict[str, Any]:
@@ -42,6 +45,16 @@ def result_data(session: Session) -> dict[str, Any]:
         "phase": session.phase,
     }
     return {k: v for k, v in out.items() if v}
+
+
+def backup_name(body: dict[str, Any]) -> str:
+    """A start request's backupName; one that cannot name a replication slot is refused."""
+    name: str = body.get("backupName", "")
+    if not 0 < len(name) <= MAX_BACKUP_NAME:
+        raise RequestError(
+            400, "FAILED_TO_PARSE_REQUEST", f"backupName must be 1 to {MAX_BACKUP_NAME} characters"
+        )
+    return name
 
 
 class BackupModeApi:
@@ -65,7 +78,7 @@ class BackupModeApi:
         if request.method == "POST":
             body = await read_object(request, START_FIELDS)
             session = await self.mode.start(
-                body.get("backupName", ""),
+                backup_name(body),
                 body.get("immediateCheckpoint", False),
                 body.get("waitForArchive", False),
             )
