@@ -9,16 +9,29 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from instance_manager.web.server import OPENAPI_FILE
 from tests.api_helpers import Certs, api_spec, make_certs, operator_status, write_cluster
 from tests.conftest import make_root
-from tests.daemon import Daemon, Instance, chown_tree, copy_pgdata, kill_postgres, rmtree, wait_for
+from tests.daemon import (
+    Daemon,
+    Instance,
+    chown_tree,
+    copy_pgdata,
+    kill_postgres,
+    postmaster_pid,
+    rmtree,
+    wait_for,
+)
 
 DOC: dict[str, Any] = json.loads(OPENAPI_FILE.read_text())
 OPERATIONS = ("get", "put", "post", "delete", "patch")
@@ -113,13 +126,14 @@ class Served:
         except (OSError, http.client.HTTPException):
             return False
 
-    def errors(self) -> list[dict[str, Any]]:
-        return [line for line in self.daemon.lines() if line.get("level") == "error"]
+    def errors(self, since: int = 0) -> list[dict[str, Any]]:
+        """The error-level lines, from line ``since`` of the log on."""
+        return [line for line in self.daemon.lines()[since:] if line.get("level") == "error"]
 
 
 @contextlib.contextmanager
-def tls_daemon(template_pgdata: Path) -> Iterator[Served]:
-    """A ready primary; stopped cleanly (exit 0) on the way out."""
+def tls_daemon(template_pgdata: Path, *extra: str) -> Iterator[Served]:
+    """A ready primary (``extra``: more command-line options); stopped cleanly (exit 0)."""
     root = make_root()
     inst = Instance(root)
     copy_pgdata(template_pgdata, inst.pgdata)
@@ -131,7 +145,7 @@ def tls_daemon(template_pgdata: Path) -> Iterator[Served]:
         shutil.copy(certs.directory / name, tls_dir / name)
     (tls_dir / "server.key").chmod(0o600)
     chown_tree(inst.scratch)
-    daemon = Daemon(inst)
+    daemon = Daemon(inst, *extra)
     served = Served(inst, daemon, certs)
     try:
         wait_for(served.answers, 60, "the TLS status port to answer /readyz")
@@ -142,3 +156,31 @@ def tls_daemon(template_pgdata: Path) -> Iterator[Served]:
         daemon.kill()
         kill_postgres(inst.pgdata)
         rmtree(root)
+
+
+# Not installed: a postmaster configured to preload it exits at once ("could not access file").
+MISSING_LIBRARY = "no_such_library"
+# Lines a postmaster that cannot start makes the daemon log at error level.
+POSTGRES_DOWN_ERRORS = frozenset({"postmaster exited unexpectedly"})
+
+
+@contextlib.contextmanager
+def tls_daemon_postgres_down(template_pgdata: Path) -> Iterator[Served]:
+    """The daemon serving while PostgreSQL is down, as production gets there in standalone
+    mode (``--on-postmaster-exit restart``): a running primary's Cluster gains a preloaded
+    library the image lacks (a restart parameter: PostgreSQL keeps running without it), then
+    the postmaster dies (SIGKILL, as from the OOM killer). Every restart the daemon makes
+    exits at once, so PostgreSQL stays down and the daemon retries with a growing back-off,
+    serving meanwhile. Exits 0 when stopped during the back-off."""
+    with tls_daemon(template_pgdata, "--on-postmaster-exit", "restart") as served:
+        inst, daemon = served.inst, served.daemon
+        doc = yaml.safe_load(inst.config_file.read_text())
+        doc["spec"]["postgresql"]["shared_preload_libraries"] = [MISSING_LIBRARY]
+        inst.config_file.write_text(yaml.safe_dump(doc))
+        daemon.wait_log("configuration applied; some parameters need a restart")
+        pid = postmaster_pid(inst.pgdata)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        daemon.wait_log("restarting PostgreSQL after back-off", 30, count=2)  # one restart failed
+        wait_for(lambda: served.request("status", "GET", "/readyz")[0] == 500, 10, "/readyz 500")
+        yield served
