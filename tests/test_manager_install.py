@@ -6,6 +6,7 @@ import os
 import pwd
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,9 +107,24 @@ def test_reinstall_replaces_a_changed_copy_and_keeps_an_identical_one(tmp_root: 
     inode = target.stat().st_ino
     assert install.install(target, tmp_root / "a.sock", 5).stat().st_ino == inode
     install.install(target, tmp_root / "b.sock", 5)
-    assert "SOCKET = " + repr(str(tmp_root / "b.sock")) in target.read_text()
+    assert f"# socket: {str(tmp_root / 'b.sock')!r}" in target.read_text()
     assert target.stat().st_ino != inode
     assert [p.name for p in target.parent.iterdir()] == ["manager"]
+
+
+def test_installed_program_compiles_its_source_under_another_python(
+    tmp_root: Path, ok_server: LineServer
+) -> None:
+    """The compiled client is for the installing interpreter's version only: any other
+    version runs the source the copy carries."""
+    target = install.install(tmp_root / "bin" / "manager", ok_server.path, 5)
+    text = target.read_text()
+    check = f"sys.hexversion >> 16 == {sys.hexversion >> 16:#x}"
+    assert text.count(check) == 1 and "marshal.loads" in text
+    target.write_text(text.replace(check, "sys.hexversion >> 16 == 0x0"))
+    done = run(target, "wal-archive", "/pg_wal/000000010000000000000003")
+    assert done.returncode == 0, done.stderr
+    assert ok_server.requests == [b"archive\0/pg_wal/000000010000000000000003\n"]
 
 
 def test_readability_check_names_a_path_in_a_private_home(tmp_root: Path) -> None:

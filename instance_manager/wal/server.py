@@ -1,4 +1,5 @@
-"""The daemon's end of the thin client: a Unix socket, one request line, one reply line.
+"""The daemon's end of the thin client: a Unix socket, one request line, one reply line,
+fields separated by NUL (the format is in thin.py's docstring).
 
 The socket lives alone in a 0700 directory owned by the daemon's account, so only that
 account (the one PostgreSQL runs as) can connect. The paths a request names are handed on
