@@ -318,7 +318,7 @@ def print_details(rounds: Rounds, s: Serving) -> None:
 def run(cfg: Config, session: Session) -> list[Row]:
     lay = session.layout(session.make_root("fb"), CLUSTER_YAML)
     procs = session.procs
-    print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, dir {lay.root}")
+    print(f"directory {lay.root}")
     if not cfg.use_wrk:
         print(
             f"NOTE: {cfg.no_wrk_reason}: throughput is measured with the asyncio load "

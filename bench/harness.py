@@ -373,6 +373,12 @@ def print_table(rows: Sequence[Row], diff: bool = True) -> None:
 # -- main -------------------------------------------------------------------------------
 
 
+def print_load(when: str) -> None:
+    """The 1-minute load average: every benchmark prints it at its start and its end."""
+    load = os.getloadavg()[0]
+    print(f"1-minute load at {when}: {load:.2f} ({os.cpu_count()} CPUs)", flush=True)
+
+
 def on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -399,14 +405,17 @@ def run_bench(
     signal.signal(signal.SIGTERM, on_sigterm)
     failures: tuple[type[BaseException], ...] = (BenchError, subprocess.SubprocessError, OSError)
     session = Session()
+    print_load("start")
     try:
         preflight()
         rows = body(session)
     except failures + errors as exc:
         print(f"{name}: {exc}", file=sys.stderr)
+        print_load("end")
         return 2
     finally:
         session.close()
     print("\nResults")
     print_table(rows, diff)
+    print_load("end")
     return 0 if all(r.passed is not False for r in rows) else 1

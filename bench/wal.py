@@ -13,37 +13,47 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from harness import PG_BIN, Daemon, Layout, Row, Session, chown_tree, prepare_pgdata, run_bench
 from pgctl import as_postgres, pg_ctl_start, pg_ctl_stop
+from waldrain import Hold, PgBackRest, drain, set_archive_command, set_parameter
 from walkit import (
     PYTHON,
     SEGMENT_MB,
-    CallTime,
     Plugin,
     Restored,
     Window,
     archive_window,
     cluster_yaml,
+    manager_argv,
     peak_rss_kb,
     promotion_time,
     restored_files,
     round_trip_ms,
-    thin_argv,
+    spool_marker,
     time_commands,
 )
+from walreport import (
+    RESTORE_PLUGIN,
+    SLOW_PLUGIN,
+    THIN_IMPORTS,
+    Calls,
+    Drains,
+    Rates,
+    Restore,
+    call_rows,
+    drain_rows,
+    print_details,
+    rate_rows,
+)
 
-THIN_IMPORTS = "import _socket, posix, sys"  # what thin.py imports
 WARM_UP_SEGMENTS = 40  # past wal_keep_size (CloudNativePG's 512MB = 32 segments of 16 MiB)
-SLOW_PLUGIN = 0.1  # seconds per Archive call: a realistic upload
-RESTORE_PLUGIN = 0.05  # seconds per Restore call
 
 
 @dataclass(frozen=True)
@@ -53,13 +63,15 @@ class Config:
     segments: int  # WAL segments per window at latency 0 (or max_seconds)
     slow_segments: int  # per window with the slow plugin
     restore_segments: int  # archived after the base backup, then restored
+    drain_segments: int  # the backlog of one drain
+    drain_rounds: int  # drains per archive_command
     max_seconds: float = 10.0  # production stops here even if short of the segments
 
 
 def make_config(quick: bool) -> Config:
     if quick:
-        return Config(calls=60, rounds=1, segments=60, slow_segments=30, restore_segments=30)
-    return Config(calls=300, rounds=3, segments=200, slow_segments=100, restore_segments=100)
+        return Config(60, 1, 60, 30, 30, drain_segments=100, drain_rounds=1)
+    return Config(300, 3, 200, 100, 100, drain_segments=200, drain_rounds=3)
 
 
 @dataclass
@@ -87,7 +99,7 @@ def setup(session: Session, cfg: Config) -> Bench:
     primary = session.layout(top / "a", cluster_yaml(1), plugin_dir=plugins)
     plugin = Plugin(session.procs, plugins, top / "plugin.log")
     plugin.start(top / "store", 0, discard=True)  # the no-op plugin of the rate targets
-    print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, dir {top}")
+    print(f"directory {top}")
     print(f"Preparing PGDATA (initdb --wal-segsize={SEGMENT_MB}, through the daemon) ...")
     prepare_pgdata(primary, session.procs)
     return Bench(cfg, session, top, primary, plugin)
@@ -96,34 +108,29 @@ def setup(session: Session, cfg: Config) -> Bench:
 # -- a, d: the thin client ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Calls:
-    times: dict[str, CallTime]
-    rss_kb: dict[str, int]
-    rss_tool: str
-    round_trip_ms: dict[str, float]
-
-
 def measure_calls(b: Bench) -> Calls:
-    """Per-call time and peak RSS of the thin client, against a running daemon."""
+    """Per-call time and peak RSS of SCRATCH/bin/manager, against a running daemon."""
     small_dir = b.primary.pgdata / "pg_wal"  # the daemon archives nothing from elsewhere
     small = small_dir / "000000010000000000000002.00000028.backup"  # a real small WAL file
     small.write_bytes(b"START WAL LOCATION: 0/2000028\n" * 10)
     segment = small_dir / "bench-one-segment"  # not a WAL name: it must not overwrite one
     segment.write_bytes(os.urandom(SEGMENT_MB << 20))
     daemon = b.daemon(b.primary, 1)
-    thin = thin_argv("wal-archive", "--socket", str(b.primary.wal_socket), str(small))
+    thin = manager_argv(b.primary, "wal-archive", str(small))
+    marker = spool_marker(b.primary, small.name)
     bare = [PYTHON, "-I", "-S", "-c"]
-    commands = {"thin": thin, "python": [*bare, "pass"], "imports": [*bare, THIN_IMPORTS]}
-    commands["true"] = ["/bin/true"]
+    commands = {"thin": thin, "ahead": thin, "python": [*bare, "pass"]}
+    commands |= {"imports": [*bare, THIN_IMPORTS], "true": ["/bin/true"]}
     if shutil.which("pgbackrest"):
         commands["pgbackrest"] = ["pgbackrest", "version"]
     print(f"Per call: {', '.join(commands)}, {b.cfg.calls} runs each ...", flush=True)
-    times = time_commands(commands, b.cfg.calls, b.top / "hyperfine.json")
+    prepare = {"ahead": ["touch", str(marker)]}  # as if archived ahead: no plugin call
+    times = time_commands(commands, b.cfg.calls, b.top / "hyperfine.json", prepare)
     rss = {"thin": peak_rss_kb(thin), "python": peak_rss_kb(commands["python"])}
     trips = {
         "small file": round_trip_ms(b.primary.wal_socket, small, 50),
         f"{SEGMENT_MB} MiB file": round_trip_ms(b.primary.wal_socket, segment, 50),
+        "segment archived ahead": round_trip_ms(b.primary.wal_socket, small, 50, marker),
     }
     daemon.stop_timed()
     small.unlink()
@@ -131,15 +138,44 @@ def measure_calls(b: Bench) -> Calls:
     return Calls(times, {k: v[0] for k, v in rss.items()}, rss["thin"][1], trips)
 
 
+# -- f: the backlog drain -------------------------------------------------------------------
+
+
+def measure_drain(b: Bench) -> Drains:
+    out, lay, n = Drains(), b.primary, b.cfg.drain_segments
+    print(f"Backlog drain: {n} segments, {b.cfg.drain_rounds} rounds per command", flush=True)
+    hold = Hold(b.top / "hold")
+    pgbackrest = PgBackRest(b.top, lay) if shutil.which("pgbackrest") else None
+    daemon = b.daemon(lay, 1)
+    set_parameter(lay.pg_port, "wal_init_zero", "off")  # kept in postgresql.auto.conf
+    try:
+        if pgbackrest is not None:
+            pgbackrest.setup()
+        for i in range(b.cfg.drain_rounds):
+            out.ours.append(drain(lay, hold, None, n))
+            print(f"  round {i + 1}: ours, maxParallel 1  {out.ours[-1].line()}", flush=True)
+            out.true.append(drain(lay, hold, "/bin/true", n))
+            print(f"  round {i + 1}: /bin/true  {out.true[-1].line()}", flush=True)
+            if pgbackrest is not None:
+                out.pgbackrest.append(drain(lay, hold, pgbackrest.command, n))
+                pgbackrest.empty()
+                print(f"  round {i + 1}: pgbackrest  {out.pgbackrest[-1].line()}", flush=True)
+    finally:
+        set_archive_command(lay.pg_port, None)
+    daemon.stop_timed()
+    daemon = b.daemon(lay, 8)
+    try:
+        for i in range(b.cfg.drain_rounds):
+            out.ours_mp8.append(drain(lay, hold, None, n))
+            print(f"  round {i + 1}: ours, maxParallel 8  {out.ours_mp8[-1].line()}", flush=True)
+    finally:
+        set_archive_command(lay.pg_port, None)
+        set_parameter(lay.pg_port, "wal_init_zero", None)
+    daemon.stop_timed()
+    return out
+
+
 # -- b, c: archive rates --------------------------------------------------------------------
-
-
-@dataclass
-class Rates:
-    ours: list[Window] = field(default_factory=list)  # latency 0, maxParallel 1
-    ref: list[Window] = field(default_factory=list)  # archive_command = /bin/true
-    ours_mp8: list[Window] = field(default_factory=list)  # latency 0, maxParallel 8
-    slow: dict[int, Window] = field(default_factory=dict)  # latency 0.1: maxParallel -> window
 
 
 def daemon_window(b: Bench, max_parallel: int, segments: int) -> Window:
@@ -184,16 +220,6 @@ def measure_rates(b: Bench) -> Rates:
 
 
 # -- e: restore -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Restore:
-    needed: int  # archived segments from the backup's start on
-    seconds: dict[int, float]  # maxParallel -> daemon launch to promotion
-    restored: dict[int, Restored]  # maxParallel -> what PostgreSQL restored, when
-
-    def rate(self, max_parallel: int) -> float:
-        return self.needed / self.seconds[max_parallel]
 
 
 def make_backup(b: Bench) -> int:
@@ -252,82 +278,18 @@ def measure_restore(b: Bench) -> Restore:
 # -- report ---------------------------------------------------------------------------------
 
 
-def rate(windows: Sequence[Window]) -> float:
-    return statistics.median(w.rate for w in windows)
-
-
-def call_rows(c: Calls) -> list[Row]:
-    thin = c.times["thin"].median_ms
-    rows = [
-        Row("thin client archive, per call", thin, c.times["true"].median_ms, "/bin/true", "ms",
-            "<= 10 ms", thin <= 10),
-    ]  # fmt: skip
-    if "pgbackrest" in c.times:
-        ref = c.times["pgbackrest"].median_ms
-        rows.append(Row("thin client vs pgBackRest start", thin, ref, "pgbackrest version", "ms",
-                        "-", None))  # fmt: skip
-    rss, bare = c.rss_kb["thin"] / 1024, c.rss_kb["python"] / 1024
-    rows.append(Row("thin client peak RSS", rss, bare, "python -I -S -c pass", "MiB", "-", None))
-    return rows
-
-
-def rate_rows(r: Rates, rs: Restore) -> list[Row]:
-    ours, ref, mp8 = rate(r.ours), rate(r.ref), rate(r.ours_mp8)
-    slow1, slow8 = r.slow[1].rate, r.slow[8].rate
-    fast1, fast8 = rs.rate(1), rs.rate(8)
-    seg = "seg/s"
-    return [
-        Row("archive rate, latency 0", ours, ref, "/bin/true", seg, ">= 0.55x ref",
-            ours >= 0.55 * ref),
-        Row("archive rate, latency 0, maxParallel 8", mp8, ref, "/bin/true", seg, "-", None),
-        Row(f"archive, latency {SLOW_PLUGIN} s, maxPar 8 vs 1", slow8, slow1, "maxParallel 1",
-            seg, ">= 3.00x ref", slow8 >= 3 * slow1),
-        Row(f"restore, latency {RESTORE_PLUGIN} s, maxPar 8 vs 1", fast8, fast1, "maxParallel 1",
-            seg, "> 1.00x ref (prefetch faster)", fast8 > fast1),
-    ]  # fmt: skip
-
-
-def print_details(c: Calls, r: Rates, rs: Restore) -> None:
-    print("\nDetails")
-    labels = {
-        "thin": "thin client archive (small file)",
-        "python": "python -I -S -c pass",
-        "imports": f"python -I -S -c '{THIN_IMPORTS}'",
-        "true": "/bin/true",
-        "pgbackrest": "pgbackrest version",
-    }
-    for key, t in c.times.items():
-        print(
-            f"  {labels[key]:<34} median {t.median_ms:6.2f}  mean {t.mean_ms:6.2f} "
-            f"± {t.stddev_ms:.2f}  min {t.min_ms:6.2f} ms  ({t.runs} runs, {t.tool})"
-        )
-    for what, value in c.round_trip_ms.items():
-        print(f"  daemon round trip, archive of a {what}, no new process: {value:.2f} ms")
-    print(f"  peak RSS (KiB, {c.rss_tool}): {c.rss_kb}")
-    for name, windows in (("ours", r.ours), ("/bin/true", r.ref), ("ours mp8", r.ours_mp8)):
-        production = statistics.median(w.production_rate for w in windows)
-        print(f"  WAL production while archiving with {name}: {production:.0f} seg/s (median)")
-    print(f"  restore: {rs.needed} archived segments needed after the base backup")
-    for max_parallel, seconds in rs.seconds.items():
-        got = rs.restored[max_parallel]
-        print(
-            f"  restore maxParallel {max_parallel}: launch-to-promotion {seconds:.2f} s; "
-            f"{got.files} files restored from {got.first_s:.2f} s to {got.last_s:.2f} s after "
-            f"launch = {got.span_rate:.1f} files/s in between"
-        )
-
-
 # -- main -------------------------------------------------------------------------------
 
 
 def run(cfg: Config, session: Session) -> list[Row]:
     b = setup(session, cfg)
     calls = measure_calls(b)
+    drains = measure_drain(b)
     rates = measure_rates(b)
     restore = measure_restore(b)
     b.plugin.stop()
-    print_details(calls, rates, restore)
-    return call_rows(calls) + rate_rows(rates, restore)
+    print_details(calls, drains, rates, restore)
+    return call_rows(calls) + drain_rows(drains) + rate_rows(rates, restore)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from harness import REPO, BenchError, Daemon, Processes, stop_process, wait_until
+from harness import REPO, BenchError, Daemon, Layout, Processes, stop_process, wait_until
 from pgctl import pg_log_time
 
 PLUGIN = "fake.example.io"
-THIN = REPO / "instance_manager" / "wal" / "thin.py"
-PYTHON = os.path.realpath(sys.executable)  # what archive_command runs, by absolute path
+PYTHON = os.path.realpath(sys.executable)  # the interpreter in SCRATCH/bin/manager's #! line
 SEGMENT_MB = 16  # initdb --wal-segsize: PostgreSQL's default, as the issue's floor (~90 segments/s)
 
 
@@ -39,13 +38,19 @@ spec:
   plugins: [{{name: {PLUGIN}, isWALArchiver: true}}]
   wal: {{maxParallel: {max_parallel}}}
   postgresql:
+    enableAlterSystem: true  # the drain figure switches archive_command with ALTER SYSTEM
     pg_hba: ["host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust"]
 """
 
 
-def thin_argv(*args: str) -> list[str]:
-    """The thin client as PostgreSQL runs it."""
-    return [PYTHON, "-I", "-S", str(THIN), *args]
+def manager_argv(lay: Layout, *args: str) -> list[str]:
+    """The per-segment client as PostgreSQL runs it: the copy the daemon installed."""
+    return [str(lay.scratch / "bin" / "manager"), *args]
+
+
+def spool_marker(lay: Layout, name: str) -> Path:
+    """The marker the daemon leaves for a segment archived ahead (settings.archive_spool)."""
+    return lay.scratch / "wal-archive-spool" / name
 
 
 # -- the fake plugin ----------------------------------------------------------------------
@@ -233,37 +238,63 @@ class CallTime:
     tool: str
 
 
-def time_commands(commands: dict[str, list[str]], runs: int, out: Path) -> dict[str, CallTime]:
-    """Wall time per run of each command: hyperfine when present, else a loop here."""
+Prepare = dict[str, list[str]]  # command name -> what runs before each of its runs
+
+
+def time_commands(
+    commands: dict[str, list[str]], runs: int, out: Path, prepare: Prepare | None = None
+) -> dict[str, CallTime]:
+    """Wall time per run of each command: hyperfine when present, else a loop here.
+    ``prepare`` runs (untimed) before each run of the commands it names."""
+    prepare = prepare or {}
     if shutil.which("hyperfine"):
-        return _hyperfine(commands, runs, out)
-    return {name: _by_hand(argv, runs) for name, argv in commands.items()}
+        return _hyperfine(commands, runs, out, prepare)
+    return {name: _by_hand(argv, runs, prepare.get(name)) for name, argv in commands.items()}
 
 
-def _hyperfine(commands: dict[str, list[str]], runs: int, out: Path) -> dict[str, CallTime]:
-    argv = ["hyperfine", "--shell=none", "--style", "none", "--warmup", "20"]
-    argv += ["--runs", str(runs), "--export-json", str(out)]
-    for name, command in commands.items():
-        argv += ["--command-name", name, shlex.join(command)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise BenchError(f"hyperfine failed:\n{done.stdout}{done.stderr}")
-    found = {}
-    for result in json.loads(out.read_text())["results"]:
-        times = [t * 1000 for t in result["times"]]
-        found[result["command"]] = CallTime(
-            statistics.median(times),
-            statistics.fmean(times),
-            statistics.stdev(times),
-            min(times),
-            len(times),
-            "hyperfine",
-        )
-    return found
+HYPERFINE_ROUNDS = 5  # the runs of every command are spread over this many rounds
 
 
-def _by_hand(argv: list[str], runs: int) -> CallTime:
+def _hyperfine(
+    commands: dict[str, list[str]], runs: int, out: Path, prepare: Prepare
+) -> dict[str, CallTime]:
+    """hyperfine in rounds, each running every command: a busy spell of the machine
+    falls on all of them, not on whichever command it was timing then."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    per_round = max(2, runs // HYPERFINE_ROUNDS)
+    for n in range(HYPERFINE_ROUNDS):
+        argv = ["hyperfine", "--shell=none", "--style", "none", "--warmup", "20" if n == 0 else "3"]
+        argv += ["--runs", str(per_round), "--export-json", str(out)]
+        if prepare:  # once per command, in order: /bin/true where none is asked for
+            for name in commands:
+                argv += ["--prepare", shlex.join(prepare.get(name, ["/bin/true"]))]
+        for name, command in commands.items():
+            argv += ["--command-name", name, shlex.join(command)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise BenchError(f"hyperfine failed:\n{done.stdout}{done.stderr}")
+        for result in json.loads(out.read_text())["results"]:
+            times[result["command"]] += [t * 1000 for t in result["times"]]
+    return {
+        name: _call_time(t, f"hyperfine, {HYPERFINE_ROUNDS} rounds") for name, t in times.items()
+    }
+
+
+def _call_time(times: list[float], tool: str) -> CallTime:
+    return CallTime(
+        statistics.median(times),
+        statistics.fmean(times),
+        statistics.stdev(times),
+        min(times),
+        len(times),
+        tool,
+    )
+
+
+def _by_hand(argv: list[str], runs: int, prepare: list[str] | None) -> CallTime:
     def once() -> float:
+        if prepare:
+            subprocess.run(prepare, check=True)
         started = time.perf_counter()
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return (time.perf_counter() - started) * 1000
@@ -271,14 +302,7 @@ def _by_hand(argv: list[str], runs: int) -> CallTime:
     for _ in range(20):
         once()
     times = [once() for _ in range(runs)]
-    return CallTime(
-        statistics.median(times),
-        statistics.fmean(times),
-        statistics.stdev(times),
-        min(times),
-        runs,
-        "subprocess.run loop (no hyperfine)",
-    )
+    return _call_time(times, "subprocess.run loop (no hyperfine)")
 
 
 RUSAGE_PROBE = (
@@ -301,11 +325,14 @@ def peak_rss_kb(argv: list[str], runs: int = 5) -> tuple[int, str]:
     return max(peaks), tool
 
 
-def round_trip_ms(sock: Path, path: Path, runs: int) -> float:
-    """Median time of one archive request straight on the daemon's socket (no new process)."""
+def round_trip_ms(sock: Path, path: Path, runs: int, marker: Path | None = None) -> float:
+    """Median time of one archive request straight on the daemon's socket (no new process);
+    with ``marker``, that marker is left before each request (a segment archived ahead)."""
     request = f"archive\0{path}\n".encode()  # thin.py's protocol
     times = []
     for _ in range(runs + 5):
+        if marker is not None:
+            marker.touch()
         started = time.perf_counter()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.connect(str(sock))
