@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from instance_manager import log
-from instance_manager.cluster import demote, join, reports, standby
+from instance_manager.cluster import certs, demote, join, reports, standby
 from instance_manager.cluster.observe import Observed
 from instance_manager.cluster.reports import Report
 from instance_manager.cluster.view import ClusterView
@@ -122,7 +122,9 @@ class Preparer:
         view: Callable[[], ClusterView],
         claims: Claims,
         archive: Callable[[Path], Awaitable[None]],
+        document: Path,
     ) -> None:
+        self.document = document
         self.lifecycle = lifecycle
         self.view = view
         self.claims = claims
@@ -131,6 +133,8 @@ class Preparer:
 
     async def run(self) -> None:
         s = self.lifecycle.settings
+        # The cluster's TLS files, before the configuration that names them is written.
+        await asyncio.to_thread(certs.ensure, s, self.document, s.instance.peers or {})
         if await asyncio.to_thread(postmaster.adopt_or_clean, s) is not None:
             return
         delay, said = WAIT_FIRST, ""

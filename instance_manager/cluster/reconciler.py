@@ -60,7 +60,9 @@ class Reconciler:
         self._document_changed = False
         self._wake = asyncio.Event()
         self.claims = prepare.Claims(self.reports_dir, lifecycle.settings.instance.podName)
-        self.preparer = prepare.Preparer(lifecycle, self.current_view, self.claims, archive)
+        self.preparer = prepare.Preparer(
+            lifecycle, self.current_view, self.claims, archive, document
+        )
         lifecycle.prepare_data = self.preparer.run
         lifecycle.recovery_settings = self.recovery_settings
         self.state.cluster.enabled = True
