@@ -73,7 +73,8 @@ def test_options_enabled_on_the_sidecar_command_line_are_used(
     try:
         daemon = daemons(instance)
         daemon.wait_ready()
-        closed = switch_segments(instance, 1)
+        # The first segment goes alone (the empty-archive check), the next ones in batches.
+        closed = switch_segments(instance, 2)
         wait_archived(instance, closed[-1])
         queued = spool / "archive" / "main" / "out"
         assert f"{closed[-1]}.ok" in os.listdir(queued)  # the asynchronous push's queue

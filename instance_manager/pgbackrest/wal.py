@@ -1,8 +1,9 @@
 """cnpgi.wal.v1.WAL: ``archive-push`` and ``archive-get``.
 
 Archive: the stanza is created on first use, ``check_empty_wal_archive`` is honoured, and
-success means pgbackrest exited 0 (the segment is stored; with ``archive-async`` it is in
-the repository too, pgBackRest's foreground process waits for that). Restore: a missing
+success means pgBackRest reports the segment stored: ``archive-push`` exited 0, or, with
+``archive-async`` on and the segment ``.ready`` in pg_wal, the asynchronous push that
+carries every ready segment wrote its ``.ok`` status (batch.py). Restore: a missing
 file is NOT_FOUND, anything else another code; any instance may restore, standbys
 included. In rewind mode exactly the asked file is fetched: no asynchronous prefetch.
 """
@@ -16,7 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from instance_manager import log
-from instance_manager.pgbackrest.options import ConfigError, decode_cluster
+from instance_manager.pgbackrest import spool
+from instance_manager.pgbackrest.batch import Pusher
+from instance_manager.pgbackrest.options import (
+    Config,
+    ConfigError,
+    decode_cluster,
+    env_name,
+    flag,
+)
 from instance_manager.pgbackrest.replies import fail
 from instance_manager.pgbackrest.runner import WAL_TIMEOUT, CommandFailed
 from instance_manager.pgbackrest.sidecar import Sidecar
@@ -29,11 +38,28 @@ _logger = log.get("pgbackrest")
 RPC = wal_pb2.WALCapability.RPC
 # A segment, a timeline history file, a partial segment or a backup history file.
 WAL_NAME = re.compile(r"^([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
+ARCHIVE_TIMEOUT = 60.0  # pgBackRest's archive-timeout default: the wait for an .ok status
+
+
+def archive_async(config: Config) -> bool:
+    value = config.env.get(env_name("archive-async"), "n")
+    try:
+        return flag("archive-async", value)
+    except ConfigError:
+        return False
+
+
+def archive_timeout(config: Config) -> float:
+    try:
+        return float(config.env.get(env_name("archive-timeout"), ARCHIVE_TIMEOUT))
+    except ValueError:
+        return ARCHIVE_TIMEOUT
 
 
 class WalService(wal_pb2_grpc.WALServicer):
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
+        self._pushers: dict[tuple[frozenset[tuple[str, str]], Path], Pusher] = {}
 
     async def GetCapabilities(
         self, request: wal_pb2.WALCapabilitiesRequest, context: Context
@@ -68,11 +94,30 @@ class WalService(wal_pb2_grpc.WALServicer):
         await self.sidecar.ensure_stanza(config)
         if check_empty:
             await self.sidecar.check_empty(config, source.name)
+        pusher = None if check_empty else self._pusher(config, source)
         try:
-            await self.sidecar.runner.run("archive-push", [str(source)], config, WAL_TIMEOUT)
+            if pusher is not None:
+                await pusher.push(source.name, archive_timeout(config))
+            else:
+                args = [str(source), *(["--no-archive-async"] if archive_async(config) else [])]
+                await self.sidecar.runner.run("archive-push", args, config, WAL_TIMEOUT)
         except CommandFailed:
             self.sidecar.forget(config)  # the stanza may be gone: look again next time
             raise
+
+    def _pusher(self, config: Config, source: Path) -> Pusher | None:
+        """The batch path for ``source`` (None: push it on its own): archive-async is on,
+        and PostgreSQL marked the file ``.ready``, so the asynchronous push will see it."""
+        out = spool.out_dir(config)
+        if out is None or not archive_async(config):
+            return None
+        if not (source.parent / "archive_status" / f"{source.name}.ready").exists():
+            return None
+        key = (config.key(), source.parent)
+        pusher = self._pushers.get(key)
+        if pusher is None:
+            pusher = self._pushers[key] = Pusher(self.sidecar.runner, config, source.parent, out)
+        return pusher
 
     async def Restore(
         self, request: wal_pb2.WALRestoreRequest, context: Context
