@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     _wal_parsers(sub)
     sub.add_parser("plugin", help="CNPG-I plugin sidecar: plugin pgbackrest --socket-dir DIR")
     _status_parser(sub)
+    from instance_manager.cluster import cli as cluster_cli
+
+    cluster_cli.add_parsers(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -208,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from instance_manager import status_cli
 
         return status_cli.main(args.rest)
+    if args.command in ("switchover", "failover"):
+        from instance_manager.cluster import cli as cluster_cli
+
+        return cluster_cli.main(args)
     try:
         code = run_command(args)
     except InstanceManagerError as exc:

@@ -163,3 +163,61 @@ def three_instances(tmp_root: Path, template_pgdata: Path) -> Iterator[Trio]:
         yield trio
     finally:
         trio.close()
+
+
+class Writer:
+    """Inserts rows into ``load`` on whichever instance is the primary, one id at a time,
+    and records each id whose COMMIT was acknowledged."""
+
+    def __init__(self, trio: Trio) -> None:
+        import threading
+
+        self.trio = trio
+        self.committed: list[int] = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _connect(self) -> psycopg.Connection[Any] | None:
+        for inst in self.trio.members.values():
+            try:
+                conn = psycopg.connect(inst.conninfo(), autocommit=True, connect_timeout=2)
+            except psycopg.Error:
+                continue
+            if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,):
+                return conn
+            conn.close()
+        return None
+
+    def _run(self) -> None:
+        next_id = 1
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            if conn is None:
+                conn = self._connect()
+                if conn is None:
+                    self._stop.wait(0.02)
+                    continue
+            try:
+                conn.execute("INSERT INTO load (id) VALUES (%s)", [next_id])
+            except psycopg.Error:
+                self.failures += 1
+                conn.close()
+                conn = None
+                next_id += 1  # its fate is unknown: never reused
+                continue
+            self.committed.append(next_id)
+            next_id += 1
+        if conn is not None:
+            conn.close()

@@ -39,7 +39,8 @@ class ClusterView:
         return self.peers[name]
 
 
-def current_primary(cluster: Cluster, found: Mapping[str, Report]) -> str | None:
+def current_primary(status: Mapping[str, object], found: Mapping[str, Report]) -> str | None:
+    """The newest claim among the reports, else the document's ``status.currentPrimary``."""
     claims = [
         (r.currentPrimaryTimestamp or "", r.currentPrimary)
         for r in found.values()
@@ -47,14 +48,14 @@ def current_primary(cluster: Cluster, found: Mapping[str, Report]) -> str | None
     ]
     if claims:
         return max(claims)[1]
-    value = cluster.status.get("currentPrimary")
+    value = status.get("currentPrimary")
     return value if isinstance(value, str) and value else None
 
 
 def build(
     cluster: Cluster, me: str, peers: Mapping[str, Peer], found: Mapping[str, Report]
 ) -> ClusterView:
-    current = current_primary(cluster, found)
+    current = current_primary(cluster.status, found)
     target = cluster.status.get("targetPrimary")
     if not isinstance(target, str) or not target:
         target = current or sorted(peers)[0]
