@@ -37,6 +37,7 @@ from typing import Protocol
 from clusterkit import (
     Writer,
     database_mb,
+    dirty_pages,
     in_recovery,
     lost_rows,
     outage,
@@ -160,14 +161,17 @@ def measure_join(side: Side, out: Figures, scratch: Path, reference_first: bool)
     standby = next_member(side.ports, primary)
     port = side.ports[primary]
     if reference_first:
+        dirty_pages(port)
         out.basebackups.append(pg_basebackup_seconds(port, scratch))
     side.stop_node(standby)
     side.wipe(standby)
+    dirty_pages(port)
     launched = time.perf_counter()
     side.start_node(standby)
     out.joins.append(wait_member_streaming(port, standby, 900, 0.01) - launched)
     if not reference_first:
         settle(side)
+        dirty_pages(port)
         out.basebackups.append(pg_basebackup_seconds(port, scratch))
     print(
         f"  {side.label} join of {standby}: {out.joins[-1]:.2f} s, "

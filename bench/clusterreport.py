@@ -151,7 +151,7 @@ def print_details(figures: Sequence[Figures]) -> None:
             "pg_basebackup by hand": f.basebackups,
         }
         for label, values in samples.items():
-            print(f"    {label:<34} " + " ".join(f"{v:.3f}" for v in values))
+            print(f"    {label:<38} " + " ".join(f"{v:.3f}" for v in values))
         print(f"    failed writes per switchover       {f.failed_writes}")
         for note in f.notes:
             print(f"    note: {note}")
