@@ -64,6 +64,9 @@ async def rewind(settings: Settings, primary: Peer, state: InstanceState) -> Out
     pgdata = settings.pgdata
     rewind_restore = {"restore_command": config.restore_command(settings, rewind=True)}
     config.write_all(settings, recovery=rewind_restore)
+    auto_conf = pgdata / "postgresql.auto.conf"
+    if auto_conf.exists():
+        auto_conf.chmod(0o600)  # pg_rewind replaces it with the source's
     await asyncio.to_thread(_protect_control, pgdata)
     argv = [
         settings.bin("pg_rewind"),
