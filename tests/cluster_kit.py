@@ -11,6 +11,7 @@ others start empty and join. Nothing is started until a test calls ``start``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -97,10 +98,8 @@ class Trio:
         self.daemons[name].kill()
         pid = postmaster_pid(self.members[name].pgdata)
         if pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     # -- observing --
     def report(self, name: str) -> dict[str, Any]:

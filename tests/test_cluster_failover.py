@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.cluster_kit import Trio, three_instances  # noqa: F401 - the fixture
+from tests.cluster_kit import Trio
+from tests.cluster_kit import three_instances as three_instances  # the fixture
 from tests.daemon import PG_BIN, RUN_AS, rmtree, wait_for
 from tests.test_cluster_switchover import started
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster_kit import Trio, three_instances  # noqa: F401 - the fixture
+from tests.cluster_kit import Trio
+from tests.cluster_kit import three_instances as three_instances  # the fixture
 from tests.daemon import http_get, wait_for
 
 pytestmark = pytest.mark.slow

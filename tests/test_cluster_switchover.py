@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.cluster_kit import Trio, Writer, three_instances  # noqa: F401 - the fixture
+from tests.cluster_kit import Trio, Writer
+from tests.cluster_kit import three_instances as three_instances  # the fixture
 from tests.daemon import wait_for
 
 pytestmark = pytest.mark.slow
