@@ -48,7 +48,7 @@ class Trio:
         copy_pgdata(template, self.members["pg-1"].pgdata)
         (root / "doc").mkdir()
         self.document = root / "doc" / "cluster.yaml"
-        self.spec = plugin_spec(switchoverDelay=30)
+        self.spec = plugin_spec(switchoverDelay=30, instances=len(NAMES))
         self.status: dict[str, Any] = {}
         self.write_document()
         chown_tree(root)

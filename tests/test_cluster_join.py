@@ -7,6 +7,7 @@ import pytest
 from tests.cluster_kit import Trio
 from tests.cluster_kit import three_instances as three_instances  # the fixture
 from tests.daemon import http_get, wait_for
+from tests.test_cluster_switchover import started
 
 pytestmark = pytest.mark.slow
 
@@ -39,3 +40,24 @@ def test_two_standbys_join_and_stream(three_instances: Trio) -> None:
         wait_for(lambda n=name: trio.report(n).get("ready"), 30, f"{name} reported ready")
         assert trio.report(name)["role"] == "replica"
     assert trio.report("pg-1")["role"] == "primary"
+    slots = trio.sql("pg-1", "SELECT slot_name, active FROM pg_replication_slots ORDER BY 1")
+    assert slots == [("_cnpg_pg_2", True), ("_cnpg_pg_3", True)]
+
+
+def test_a_new_document_reaches_every_instance(three_instances: Trio) -> None:
+    """The reconciler applies each new version of the document: synchronous standbys."""
+    trio = three_instances
+    started(trio)
+    postgresql = dict(trio.spec["postgresql"])
+    postgresql["synchronous"] = {"method": "any", "number": 1, "dataDurability": "required"}
+    trio.spec = {**trio.spec, "postgresql": postgresql}
+    trio.write_document()
+    wanted = 'ANY 1 ("pg-2","pg-3","pg-1")'  # CNPG lists the primary last
+    wait_for(
+        lambda: trio.sql("pg-1", "SHOW synchronous_standby_names") == [(wanted,)],
+        30,
+        "synchronous_standby_names on the primary",
+    )
+    rows = trio.sql("pg-1", "SELECT application_name, sync_state FROM pg_stat_replication")
+    assert {state for _, state in rows} == {"quorum"}
+    trio.sql("pg-1", "CREATE TABLE synced AS SELECT 1 AS i")  # a commit that waits

@@ -39,7 +39,9 @@ async def ensure_slot(settings: Settings, primary: Peer) -> None:
     """This instance's HA slot on ``primary``, created when missing (idempotent)."""
     import psycopg
 
-    slot = standby.slot_name(settings.instance.podName)
+    slot = standby.slot_name(settings)
+    if slot is None:
+        return
     params = standby.conninfo_params(settings, primary)
     async with asyncio.timeout(SLOT_TIMEOUT):
         conn = await psycopg.AsyncConnection.connect(
@@ -69,12 +71,13 @@ def basebackup_argv(settings: Settings, primary: Peer) -> list[str]:
         standby.primary_conninfo(settings, primary),
         "-X",
         "stream",
-        "-S",
-        standby.slot_name(settings.instance.podName),
         "-P",
         "-v",
         "--no-password",
     ]
+    slot = standby.slot_name(settings)
+    if slot is not None:
+        argv += ["-S", slot]
     if settings.wal_dir is not None:
         argv.append(f"--waldir={settings.wal_dir}")
     return argv

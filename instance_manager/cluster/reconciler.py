@@ -29,6 +29,7 @@ from pathlib import Path
 from instance_manager import log
 from instance_manager.cluster import prepare, promote, reports, standby, view
 from instance_manager.cluster.observe import observe
+from instance_manager.cluster.replication import Replication
 from instance_manager.cluster.view import ClusterView
 from instance_manager.errors import SettingsError
 from instance_manager.postgres import roles, shutdown
@@ -63,8 +64,11 @@ class Reconciler:
         self.preparer = prepare.Preparer(
             lifecycle, self.current_view, self.claims, archive, document
         )
+        self.replication = Replication(lifecycle, self.current_view)
         lifecycle.prepare_data = self.preparer.run
         lifecycle.recovery_settings = self.recovery_settings
+        lifecycle.managed_parameters = self.replication.managed_parameters
+        self._managed = self.replication.managed_parameters()
         self.state.cluster.enabled = True
 
     # -- sources --
@@ -91,7 +95,9 @@ class Reconciler:
 
     # -- the loop --
     async def run(self) -> None:
-        watch = asyncio.get_running_loop().create_task(self._watch_reports())
+        loop = asyncio.get_running_loop()
+        watch = loop.create_task(self._watch_reports())
+        mirror = loop.create_task(self.replication.mirror.run())
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -101,6 +107,7 @@ class Reconciler:
                 await self.reconcile()
         finally:
             watch.cancel()
+            mirror.cancel()
 
     async def reconcile(self) -> None:
         """One pass: a step at most, then the report. A failed step is retried next pass."""
@@ -139,6 +146,7 @@ class Reconciler:
         self.preparer.changed.set()
         if changed_spec:
             self.lifecycle.request_reload(new)
+            self.replication.configure(new.cluster.spec.replicationSlots)
 
     def _show(self, current: ClusterView) -> None:
         self.state.cluster.target_primary = current.target_primary
@@ -158,6 +166,8 @@ class Reconciler:
                 await self.lifecycle.switchover_stop()
                 return
             await self.claims.claim()
+            await self.replication.primary_step(current)
+            self._apply_managed()
             return
         if current.i_am_target:
             failover = current.current_primary != current.me
@@ -170,6 +180,14 @@ class Reconciler:
             primary = current.current_primary
             assert primary is not None
             await prepare.ensure_slot_quietly(s, current.peer(primary))
+            self.lifecycle.request_reload()
+
+    def _apply_managed(self) -> None:
+        """Reload when synchronous_standby_names should change (standbys came or went)."""
+        managed = self.replication.managed_parameters()
+        if managed != self._managed:
+            self._managed = managed
+            log.event(_logger, "synchronous standbys changed", parameters=managed)
             self.lifecycle.request_reload()
 
     async def _claim_now(self) -> None:

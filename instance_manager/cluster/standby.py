@@ -10,9 +10,9 @@ standby's WAL receiver) builds its connection string here.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from instance_manager.cluster import slots
 from instance_manager.cluster.view import ClusterView
 from instance_manager.postgres import config
 from instance_manager.settings import Peer, Settings
@@ -21,12 +21,14 @@ SLOT_PREFIX = "_cnpg_"
 # CNPG_STANDBY_TCP_USER_TIMEOUT's default: a standby notices a dead primary within 5 s.
 TCP_USER_TIMEOUT_MS = "5000"
 CONNECT_TIMEOUT = "5"
-_SLOT_CHARS = re.compile(r"[^a-z0-9_]")
 
 
-def slot_name(pod: str) -> str:
-    """The HA slot of ``pod``: ``_cnpg_<pod>`` in lower case, other characters as ``_``."""
-    return _SLOT_CHARS.sub("_", f"{SLOT_PREFIX}{pod}".lower())
+def slot_name(settings: Settings) -> str | None:
+    """This instance's HA slot (``_cnpg_<pod>`` by default); None with HA slots off."""
+    ha = settings.cluster.spec.replicationSlots.highAvailability
+    if not ha.enabled:
+        return None
+    return slots.ha_slot_name(ha.slotPrefix or SLOT_PREFIX, settings.instance.podName)
 
 
 def _tls_params(settings: Settings) -> dict[str, str]:
@@ -68,10 +70,11 @@ def recovery_settings(settings: Settings, view: ClusterView) -> dict[str, str]:
     primary = view.current_primary
     if primary is None or primary == view.me:
         return {}
-    return {
-        "primary_conninfo": primary_conninfo(settings, view.peer(primary)),
-        "primary_slot_name": slot_name(view.me),
-    }
+    wanted = {"primary_conninfo": primary_conninfo(settings, view.peer(primary))}
+    slot = slot_name(settings)
+    if slot is not None:
+        wanted["primary_slot_name"] = slot
+    return wanted
 
 
 def write_signal(pgdata: Path) -> None:

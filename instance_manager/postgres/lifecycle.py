@@ -74,6 +74,8 @@ class Lifecycle:
         # standby's override.conf settings (primary_conninfo, primary_slot_name...).
         self.prepare_data: Callable[[], Awaitable[None]] | None = None
         self.recovery_settings: Callable[[], Mapping[str, str]] = dict
+        # Cluster mode: custom.conf settings of the cluster (synchronous_standby_names).
+        self.managed_parameters: Callable[[], dict[str, str]] = dict
         # Online upgrade: stop supervising and leave the postmaster running.
         self.detach_requested = asyncio.Event()
         # Run before PostgreSQL is stopped: sessions of other components (a backup).
@@ -218,7 +220,9 @@ class Lifecycle:
             await bootstrap.initdb(s)
         await asyncio.to_thread(waldir.place, s)  # pg_wal onto the WAL volume, if any
         await self._check_wal_space()
-        rendered, _ = config.write_all(s, self._data_checksums, self.recovery_settings())
+        rendered, _ = config.write_all(
+            s, self._data_checksums, self.recovery_settings(), self.managed_parameters()
+        )
         self.state.written_config_hash = rendered.sha256
         self._stderr.clear()
         pm = await postmaster.start(s, self._stderr.append)
@@ -362,8 +366,8 @@ class Lifecycle:
             await task
 
     async def _apply(self, pm: Postmaster) -> None:
-        recovery = self.recovery_settings()
-        await self.reloader.apply(self.settings, pm, self._data_checksums, recovery)
+        recovery, managed = self.recovery_settings(), self.managed_parameters()
+        await self.reloader.apply(self.settings, pm, self._data_checksums, recovery, managed)
 
     async def _reload(self, pm: Postmaster) -> None:
         try:

@@ -64,12 +64,14 @@ class Reloader:
         pm: Postmaster,
         data_checksums: bool,
         recovery: Mapping[str, str] | None = None,
+        managed: dict[str, str] | None = None,
     ) -> None:
         """Write, SIGHUP, confirm. Never raises: a failure schedules a retry.
-        ``recovery``: a standby's override.conf settings (config.render_override_conf)."""
+        ``recovery``, ``managed``: the cluster layer's override.conf and custom.conf
+        settings (config.write_all)."""
         self._retry_at = None
         try:
-            rendered, changed = config.write_all(settings, data_checksums, recovery)
+            rendered, changed = config.write_all(settings, data_checksums, recovery, managed)
             self.state.written_config_hash = rendered.sha256
             log.event(_logger, "configuration reload requested", changed=changed)
             pm.signal(signal.SIGHUP)
