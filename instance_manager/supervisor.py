@@ -96,7 +96,12 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self.signals.attach(loop, self.lifecycle.request_stop, self.lifecycle.request_reload)
+        reload = (
+            self.lifecycle.request_reload
+            if self.reconciler is None
+            else self.reconciler.document_changed
+        )
+        self.signals.attach(loop, self.lifecycle.request_stop, reload)
         self.pipes.prepare()
         self.wal_server.archiver.prepare()
         self.wal_server.restorer.prepare()
@@ -119,13 +124,9 @@ class Supervisor:
                 if not life.done():
                     background.append(tg.create_task(self._guard("status server", self._web())))
                     background.append(tg.create_task(self._optional("metrics", self._metrics())))
-                if self.config_file is not None and not life.done():
-                    on_change = (
-                        self.lifecycle.request_reload
-                        if self.reconciler is None
-                        else self.reconciler.document_changed
-                    )
-                    watcher = config_watch.watch(self.config_file, on_change)
+                # In cluster mode the reconciler watches the document itself.
+                if self.config_file is not None and self.reconciler is None and not life.done():
+                    watcher = config_watch.watch(self.config_file, self.lifecycle.request_reload)
                     background.append(tg.create_task(self._guard("settings watch", watcher)))
                 await life
                 for task in background:

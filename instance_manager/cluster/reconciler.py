@@ -73,9 +73,10 @@ class Reconciler:
 
     # -- sources --
     def document_changed(self) -> None:
-        """The settings watch (and SIGHUP) call this."""
+        """The document watch and SIGHUP call this."""
         self._document_changed = True
         self._wake.set()
+        self.preparer.changed.set()
 
     def reports_changed(self) -> None:
         self._wake.set()
@@ -96,7 +97,7 @@ class Reconciler:
     # -- the loop --
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        watch = loop.create_task(self._watch_reports())
+        watch = loop.create_task(self._watch())
         mirror = loop.create_task(self.replication.mirror.run())
         try:
             while True:
@@ -211,16 +212,33 @@ class Reconciler:
                 pod=s.instance.podName,
             )
 
-    async def _watch_reports(self) -> None:
+    async def _watch(self) -> None:
+        """The document (its directory, as config_watch does) and the reports directory,
+        with a short step: a new targetPrimary or a peer's claim is seen within ~50 ms."""
         from watchfiles import awatch
 
         await asyncio.to_thread(self.reports_dir.mkdir, reports.DIRECTORY_MODE, False, True)
         me = self.lifecycle.settings.instance.podName
-        last = reports.fingerprint(self.reports_dir, me)
+        folder = self.document.absolute().parent
+        last = await asyncio.to_thread(self._fingerprints, me)
         async for _ in awatch(
-            self.reports_dir, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS, recursive=False
+            folder,
+            self.reports_dir,
+            debounce=WATCH_DEBOUNCE_MS,
+            step=WATCH_STEP_MS,
+            recursive=False,
         ):
-            now = reports.fingerprint(self.reports_dir, me)
-            if now != last:
-                last = now
+            now = await asyncio.to_thread(self._fingerprints, me)
+            if now[0] != last[0]:
+                log.event(_logger, "settings file changed", path=str(self.document))
+                self.document_changed()
+            if now[1] != last[1]:
                 self.reports_changed()
+            last = now
+
+    def _fingerprints(self, me: str) -> tuple[bytes | None, tuple[tuple[str, int], ...]]:
+        try:
+            document: bytes | None = self.document.read_bytes()
+        except OSError:
+            document = None
+        return document, reports.fingerprint(self.reports_dir, me)
