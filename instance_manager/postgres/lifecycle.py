@@ -339,9 +339,11 @@ class Lifecycle:
                 self.state.might_be_unavailable = True
                 checkpoint = self._checkpoint if self.state.is_primary else None
                 await self._close_sessions()
-                await roles.switchover_stop(pm, self.settings, self.escalate, checkpoint)
-                self.state.postmaster_running = False
-                self.session.reopen()
+                try:
+                    await roles.switchover_stop(pm, self.settings, self.escalate, checkpoint)
+                finally:
+                    self.session.reopen()
+                self.state.postmaster_running = pm.running
         except Exception as exc:
             if not done.done():
                 done.set_exception(exc)
