@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.cluster_kit import Trio
@@ -36,6 +38,14 @@ def test_two_standbys_join_and_stream(three_instances: Trio) -> None:
         assert trio.daemons[name].find("clone complete")
         code, body = http_get(trio.members[name].url("/pg/status"))
         assert code == 200, body
+        shown = json.loads(body)["cluster"]
+        assert (shown["role"], shown["currentPrimary"], shown["targetPrimary"]) == (
+            "replica",
+            "pg-1",
+            "pg-1",
+        )
+        assert shown["join"]["phase"] == "done" and shown["join"]["percent"] == 100
+        assert shown["replication"][0]["status"] == "streaming"
     for name in ("pg-2", "pg-3"):
         wait_for(lambda n=name: trio.report(n).get("ready"), 30, f"{name} reported ready")
         assert trio.report(name)["role"] == "replica"
