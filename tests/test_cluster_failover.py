@@ -14,6 +14,15 @@ from tests.test_cluster_switchover import started
 pytestmark = pytest.mark.slow
 
 
+def switch_segments(trio: Trio, name: str, count: int) -> list[str]:
+    """Write a little and switch WAL ``count`` times on ``name``; the closed segments."""
+    closed = []
+    for i in range(count):
+        trio.sql(name, f"CREATE TABLE IF NOT EXISTS w (i int); INSERT INTO w VALUES ({i})")
+        closed.append(str(trio.sql(name, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]))
+    return closed
+
+
 def test_failover_after_kill_and_the_old_primary_rewinds(three_instances: Trio) -> None:
     trio = three_instances
     started(trio)
@@ -23,7 +32,12 @@ def test_failover_after_kill_and_the_old_primary_rewinds(three_instances: Trio) 
         30,
         "the table on pg-2",
     )
+    # Segments pg-1 cannot archive (the plugin is down) when it dies: its demotion
+    # archives them before pg_rewind (CloudNativePG 1.25).
+    trio.plugin.stop()
+    unarchived = switch_segments(trio, "pg-1", 2)
     trio.kill("pg-1")
+    trio.plugin.start()
     out = subprocess.run(
         trio.cli("failover", "--to", "pg-2", "--timeout", "120"),
         capture_output=True,
@@ -38,6 +52,12 @@ def test_failover_after_kill_and_the_old_primary_rewinds(three_instances: Trio) 
     daemon = trio.start("pg-1")
     trio.wait_streaming("pg-2", {"pg-1", "pg-3"})
     assert daemon.find("pg_rewind done"), daemon.tail()
+    drained = daemon.find("ready WAL archived before the rewind")
+    assert drained and drained[0]["count"] >= len(unarchived)
+    stored = {p.name for p in trio.plugin.storage.iterdir()}
+    assert set(unarchived) <= stored
+    messages = daemon.messages()
+    assert messages.index("ready WAL archived before the rewind") < messages.index("pg_rewind done")
     assert not daemon.find("pg_rewind cannot help: cloning again")
     wait_for(
         lambda: trio.sql("pg-1", "SELECT to_regclass('after_failover') IS NOT NULL")[0][0],
