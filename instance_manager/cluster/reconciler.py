@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -181,7 +182,7 @@ class Reconciler:
             primary = current.current_primary
             assert primary is not None
             await prepare.ensure_slot_quietly(s, current.peer(primary))
-            self.lifecycle.request_reload()
+            self._reapply()
 
     def _apply_managed(self) -> None:
         """Reload when synchronous_standby_names should change (standbys came or went)."""
@@ -189,7 +190,12 @@ class Reconciler:
         if managed != self._managed:
             self._managed = managed
             log.event(_logger, "synchronous standbys changed", parameters=managed)
-            self.lifecycle.request_reload()
+            self._reapply()
+
+    def _reapply(self) -> None:
+        """Write and reload the configuration of the Cluster in hand (no file re-read)."""
+        current = self.lifecycle.settings
+        self.lifecycle.request_reload(dataclasses.replace(current, cluster=self.cluster))
 
     async def _claim_now(self) -> None:
         await self.claims.claim(new=True)
