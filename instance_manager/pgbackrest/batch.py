@@ -54,7 +54,7 @@ class Pusher:
     async def push(self, wal: str, timeout: float) -> None:
         """Return once pgBackRest reports ``wal`` stored; CommandFailed if it reports a
         failure or nothing within ``timeout`` seconds."""
-        status = spool.read(self.out, wal, spool.listing(self.out), errors=False)
+        status = spool.stored(self.out, wal)
         if status is not None:
             self._stored(wal, status)
             return

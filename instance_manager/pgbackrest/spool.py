@@ -83,6 +83,14 @@ def read(directory: Path, wal: str, names: set[str], errors: bool) -> Status | N
     return None
 
 
+def stored(directory: Path, wal: str) -> Status | None:
+    """``wal``'s ``.ok`` status, if it is there (one open, no listing)."""
+    try:
+        return parse((directory / (wal + OK)).read_text(errors="replace"), True)
+    except FileNotFoundError:
+        return None
+
+
 def clear_errors(directory: Path, wals: list[str]) -> None:
     """Remove the error files a new run makes obsolete (pgBackRest's foreground does the
     same before it starts the asynchronous push)."""
