@@ -36,9 +36,15 @@ def test_two_standbys_join_and_stream(three_instances: Trio) -> None:
         slot = trio.sql(name, "SELECT slot_name FROM pg_stat_wal_receiver")
         assert slot == [(f"_cnpg_{name.replace('-', '_')}",)]
         assert trio.daemons[name].find("clone complete")
-        code, body = http_get(trio.members[name].url("/pg/status"))
-        assert code == 200, body
-        shown = json.loads(body)["cluster"]
+        url = trio.members[name].url("/pg/status")
+
+        def role(url: str = url) -> str:
+            code, body = http_get(url)
+            assert code == 200, body
+            return str(json.loads(body)["cluster"]["role"])
+
+        wait_for(lambda: role() == "replica", 10, f"{name}'s role in /pg/status")
+        shown = json.loads(http_get(url)[1])["cluster"]
         assert (shown["role"], shown["currentPrimary"], shown["targetPrimary"]) == (
             "replica",
             "pg-1",

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class Reconciler:
         self.cluster = lifecycle.settings.cluster
         self._document_changed = False
         self._wake = asyncio.Event()
+        self._written: tuple[tuple[object, ...], float] = ((), 0.0)  # decisive fields, when
         self.claims = prepare.Claims(self.reports_dir, lifecycle.settings.instance.podName)
         self.preparer = prepare.Preparer(
             lifecycle, self.current_view, self.claims, archive, document
@@ -207,8 +209,15 @@ class Reconciler:
         self.state.cluster.role = observed.role
         self.state.cluster.replication = observed.replication
         report = self.claims.report(observed)
+        # What the others decide on is written at once; LSNs and "updated" once a
+        # REPORT_INTERVAL: every write wakes the other instances, which write in turn.
+        decisive = report.decisive()
+        due = time.monotonic() - self._written[1] >= REPORT_INTERVAL
+        if decisive == self._written[0] and not due:
+            return
         try:
             await asyncio.to_thread(reports.write, self.reports_dir, report)
+            self._written = (decisive, time.monotonic())
         except OSError as exc:
             log.event(
                 _logger,

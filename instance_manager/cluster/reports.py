@@ -45,6 +45,18 @@ class Report:
     fenced: bool = False
     updated: str = ""
 
+    def decisive(self) -> tuple[object, ...]:
+        """The fields other instances and the commands act on (not LSNs, not the time)."""
+        return (
+            self.role,
+            self.currentPrimary,
+            self.currentPrimaryTimestamp,
+            self.timeLineID,
+            self.systemID,
+            self.ready,
+            self.fenced,
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
 
