@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -58,6 +59,13 @@ def test_two_standbys_join_and_stream(three_instances: Trio) -> None:
     assert trio.report("pg-1")["role"] == "primary"
     slots = trio.sql("pg-1", "SELECT slot_name, active FROM pg_replication_slots ORDER BY 1")
     assert slots == [("_cnpg_pg_2", True), ("_cnpg_pg_3", True)]
+    # At rest each instance rewrites its report about once a second, not on every peer's.
+    seen = set()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        seen.add(trio.report("pg-1").get("updated"))
+        time.sleep(0.01)
+    assert len(seen) <= 5, sorted(seen)
 
 
 def test_a_new_document_reaches_every_instance(three_instances: Trio) -> None:
