@@ -55,3 +55,23 @@ def test_switchover_under_load_loses_no_acknowledged_transaction(three_instances
         30,
         "the .partial segment in the archive",
     )
+
+
+def test_switchover_there_and_back(three_instances: Trio) -> None:
+    """The former primary, now a standby, becomes primary again: claims are by time."""
+    trio = three_instances
+    started(trio)
+    for target, old in (("pg-2", "pg-1"), ("pg-1", "pg-2")):
+        wait_for(lambda t=target: trio.report(t).get("ready"), 30, f"{target} ready")
+        out = subprocess.run(
+            trio.cli("switchover", "--to", target, "--timeout", "120"),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr + trio.tails()
+        assert f"{old} rejoined as a standby" in out.stdout
+        assert trio.current_primary() == target
+    trio.wait_streaming("pg-1", {"pg-2", "pg-3"})
+    assert trio.report("pg-1")["timeLineID"] == 3
+    assert trio.sql("pg-1", "SELECT pg_is_in_recovery()") == [(False,)]
