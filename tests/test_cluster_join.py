@@ -85,3 +85,30 @@ def test_a_new_document_reaches_every_instance(three_instances: Trio) -> None:
     rows = trio.sql("pg-1", "SELECT application_name, sync_state FROM pg_stat_replication")
     assert {state for _, state in rows} == {"quorum"}
     trio.sql("pg-1", "CREATE TABLE synced AS SELECT 1 AS i")  # a commit that waits
+
+
+def test_join_progress_is_in_the_status(three_instances: Trio) -> None:
+    trio = three_instances
+    first = trio.start("pg-1")
+    first.wait_ready()
+    trio.sql(
+        "pg-1",
+        "CREATE TABLE big AS SELECT g, repeat('x', 900) AS pad FROM generate_series(1, 100000) g",
+    )
+    joining = trio.start("pg-2")
+    url = trio.members["pg-2"].url("/pg/status")
+    phases: list[dict[str, object]] = []
+
+    def joined() -> bool:
+        code, body = http_get(url, 1.0)
+        if code == 200:
+            phases.append(json.loads(body)["cluster"]["join"])
+        return bool(phases) and phases[-1].get("phase") == "done"
+
+    wait_for(joined, 120, "the join to finish")
+    cloning = [p for p in phases if p.get("phase") == "cloning"]
+    assert cloning, phases
+    assert all(p["source"] == "pg-1" for p in cloning)
+    assert [p["percent"] for p in cloning] == sorted(p["percent"] for p in cloning)
+    joining.wait_ready()
+    assert joining.find("clone progress")

@@ -71,6 +71,8 @@ def basebackup_argv(settings: Settings, primary: Peer) -> list[str]:
         standby.primary_conninfo(settings, primary),
         "-X",
         "stream",
+        # A spread checkpoint after heavy writes holds a join for minutes.
+        "--checkpoint=fast",
         "-P",
         "-v",
         "--no-password",

@@ -146,6 +146,8 @@ class Preparer:
                 if roles.is_standby(s.pgdata):
                     self.claims.drop()
                 return
+            # An outage on purpose: the startup probe skips, /pg/status shows the progress.
+            self.lifecycle.state.might_be_unavailable = True
             if action is not Action.WAIT and await self._act(action, current):
                 return
             why = f"{action.value}: primary {current.current_primary or 'unknown'}"
