@@ -1,8 +1,11 @@
 """The postmaster lifecycle loop: one iteration per postmaster lifetime.
 
-Each iteration prepares PGDATA (initdb on first start, configuration files, WAL space),
-starts or adopts the postmaster, then waits for whichever comes first: the postmaster's
-exit, a stop request, a reload request, or the retry of a reload that failed (reload.py).
+Each iteration prepares PGDATA (in cluster mode first ``prepare_data``: join, rewind,
+standby files; then initdb on first start, configuration files, WAL space), starts or
+adopts the postmaster, then waits for whichever comes first: the postmaster's exit, a
+stop request, a reload request, the retry of a reload that failed (reload.py), or a role
+command (promote; the switchover stop, after which the next iteration starts PostgreSQL
+again through ``prepare_data``).
 An unexpected exit either ends the loop with an error (the container restarts, CNPG's
 behaviour) or restarts PostgreSQL in place after a growing back-off (standalone mode).
 Any other failure stops a postmaster that still runs, staged as for SIGTERM, before the
@@ -48,7 +51,8 @@ BEFORE_STOP_TIMEOUT = 5.0
 
 
 class Lifecycle:
-    """Owns the postmaster. Commands arrive through request_stop/request_reload."""
+    """Owns the postmaster. Commands arrive through request_stop/request_reload and the
+    role commands promote/switchover_stop (the cluster reconciler sends those)."""
 
     def __init__(
         self,
