@@ -9,7 +9,7 @@ import pytest
 
 from tests.cluster_kit import Trio
 from tests.cluster_kit import three_instances as three_instances  # the fixture
-from tests.daemon import http_get, wait_for
+from tests.daemon import chown_tree, http_get, wait_for
 from tests.test_cluster_switchover import started
 
 pytestmark = pytest.mark.slow
@@ -112,3 +112,21 @@ def test_join_progress_is_in_the_status(three_instances: Trio) -> None:
     assert [p["percent"] for p in cloning] == sorted(p["percent"] for p in cloning)
     joining.wait_ready()
     assert joining.find("clone progress")
+
+
+def test_a_failed_clone_is_tried_again(three_instances: Trio) -> None:
+    """pg_basebackup fails (PGDATA holds a stray file): the daemon retries, it does not exit."""
+    trio = three_instances
+    trio.start("pg-1").wait_ready()
+    pgdata = trio.members["pg-2"].pgdata
+    pgdata.mkdir(mode=0o700)
+    stray = pgdata / "stray"
+    stray.write_text("not a data directory")
+    chown_tree(pgdata)
+    joining = trio.start("pg-2")
+    joining.wait_log("join failed; retrying", timeout=60)
+    assert joining.proc.poll() is None
+    stray.unlink()
+    joining.wait_log("clone complete", timeout=60)
+    joining.wait_ready()
+    trio.wait_streaming("pg-1", {"pg-2"})

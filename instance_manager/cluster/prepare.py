@@ -148,7 +148,7 @@ class Preparer:
                 return
             # An outage on purpose: the startup probe skips, /pg/status shows the progress.
             self.lifecycle.state.might_be_unavailable = True
-            if action is not Action.WAIT and await self._act(action, current):
+            if action is not Action.WAIT and await self._try(action, current):
                 return
             why = f"{action.value}: primary {current.current_primary or 'unknown'}"
             if why != said:
@@ -158,6 +158,17 @@ class Preparer:
                 async with asyncio.timeout(delay):
                     await self.changed.wait()
             delay = min(delay * 2, WAIT_MAX)
+
+    async def _try(self, action: Action, current: ClusterView) -> bool:
+        """``_act``; a failure (the primary went away mid-copy, the archive is down) is
+        logged and tried again after the back-off instead of ending the daemon."""
+        try:
+            return await self._act(action, current)
+        except Exception as exc:
+            error = " ".join(str(exc).split())[-500:] or type(exc).__name__
+            self.lifecycle.state.cluster.last_error = error
+            log.event(_logger, f"{action.value} failed; retrying", logging.WARNING, error=error)
+            return False
 
     async def _act(self, action: Action, current: ClusterView) -> bool:
         """Join or demote when the current primary is ready; True once done."""
