@@ -38,6 +38,7 @@ _logger = log.get("pgbackrest")
 RPC = wal_pb2.WALCapability.RPC
 # A segment, a timeline history file, a partial segment or a backup history file.
 WAL_NAME = re.compile(r"^([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
+SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")  # what goes in batches
 ARCHIVE_TIMEOUT = 60.0  # pgBackRest's archive-timeout default: the wait for an .ok status
 
 
@@ -107,9 +108,10 @@ class WalService(wal_pb2_grpc.WALServicer):
 
     def _pusher(self, config: Config, source: Path) -> Pusher | None:
         """The batch path for ``source`` (None: push it on its own): archive-async is on,
-        and PostgreSQL marked the file ``.ready``, so the asynchronous push will see it."""
+        the file is a segment and PostgreSQL marked it ``.ready``, so the asynchronous push
+        will see it (history, backup history and partial files go alone)."""
         out = spool.out_dir(config)
-        if out is None or not archive_async(config):
+        if out is None or not archive_async(config) or not SEGMENT_NAME.match(source.name):
             return None
         if not (source.parent / "archive_status" / f"{source.name}.ready").exists():
             return None
