@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import psycopg
 from clusterkit import (
     Writer,
     database_mb,
@@ -47,7 +48,7 @@ from clusterkit import (
     wait_member_streaming,
     wait_streaming,
 )
-from clusterreport import AUTO, CTL, OUR_FAILOVER, Figures, lines, print_details, print_lines
+from clusterreport import AUTO, CTL, OUR_FAILOVER, Figures, Line, lines, print_details, print_lines
 from harness import BenchError, Session, on_sigterm, preflight
 from ourkit import OurCluster, cli_available
 from patronikit import PatroniCluster, ensure_installed, patroni_version, start_etcd
@@ -65,7 +66,7 @@ class Side(Protocol):
     def wait_settled(self, timeout: float) -> None: ...
     def check_alive(self) -> None: ...
     def kill(self, name: str) -> None: ...
-    def stop_node(self, name: str) -> None: ...
+    def stop_node(self, name: str) -> str: ...
     def start_node(self, name: str) -> None: ...
     def wipe(self, name: str) -> None: ...
     def switchover(self, leader: str, to: str) -> None: ...
@@ -130,6 +131,8 @@ def measure_failover(side: Side, writer: Writer, mode: str, out: Figures) -> Non
     writer.wait_writes_after(decided, WRITES_AFTER, 180)
     seen = outage(writer.attempts, decided, time.perf_counter())
     new = [n for n, p in side.ports.items() if in_recovery(p) is False]
+    if len(new) > 1:
+        out.notes.append(f"after the failover from {leader}, {', '.join(new)} were all primaries")
     lost = lost_rows(side.ports[new[0]], writer.acked) if new else 0
     out.failovers.setdefault(mode, []).append(seen.first_ok)
     out.failover_lost[mode] = out.failover_lost.get(mode, 0) + lost
@@ -163,7 +166,8 @@ def measure_join(side: Side, out: Figures, scratch: Path, reference_first: bool)
     if reference_first:
         dirty_pages(port)
         out.basebackups.append(pg_basebackup_seconds(port, scratch))
-    side.stop_node(standby)
+    if note := side.stop_node(standby):
+        out.notes.append(note)
     side.wipe(standby)
     dirty_pages(port)
     launched = time.perf_counter()
@@ -181,7 +185,20 @@ def measure_join(side: Side, out: Figures, scratch: Path, reference_first: bool)
 
 
 def measure_side(side: Side, cfg: Config, modes: Sequence[str], scratch: Path) -> Figures:
+    """Every figure of one side; the first failure ends its rounds and is kept in ``failure``."""
     out = Figures(side.label)
+    try:
+        measure_rounds(side, cfg, modes, scratch, out)
+    except (BenchError, subprocess.SubprocessError, psycopg.Error) as exc:
+        out.failure = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        tails = "\n".join(f"--- {n}\n{side.log_tail(n)}" for n in sorted(side.ports))
+        print(f"{side.label} failed: {exc}\n{tails}", file=sys.stderr, flush=True)
+    return out
+
+
+def measure_rounds(
+    side: Side, cfg: Config, modes: Sequence[str], scratch: Path, out: Figures
+) -> None:
     started = time.perf_counter()
     side.start(SETTLE_TIMEOUT)
     primary = settle(side)
@@ -201,7 +218,6 @@ def measure_side(side: Side, cfg: Config, modes: Sequence[str], scratch: Path) -
         writer.stop()
     for i in range(cfg.joins):
         measure_join(side, out, scratch, reference_first=i % 2 == 0)
-    return out
 
 
 def run_patroni(cfg: Config) -> Figures:
@@ -211,11 +227,7 @@ def run_patroni(cfg: Config) -> Figures:
         etcd_port = start_etcd(session, root)
         side = PatroniCluster(session, root, etcd_port)
         print(f"Patroni ({patroni_version()}), etcd on {etcd_port}, dir {root}", flush=True)
-        try:
-            return measure_side(side, cfg, (AUTO, CTL), root / "bb")
-        except BenchError as exc:
-            tails = "\n".join(f"--- {n}\n{side.log_tail(n)}" for n in side.nodes)
-            raise BenchError(f"Patroni: {exc}\n{tails}") from exc
+        return measure_side(side, cfg, (AUTO, CTL), root / "bb")
     finally:
         session.close()
 
@@ -226,11 +238,7 @@ def run_ours(cfg: Config) -> Figures:
         root = session.make_root("ob")
         side = OurCluster(session, root)
         print(f"Ours: 3 daemons, document {side.document}", flush=True)
-        try:
-            return measure_side(side, cfg, (OUR_FAILOVER,), root / "bb")
-        except BenchError as exc:
-            tails = "\n".join(f"--- {n}\n{side.log_tail(n)}" for n in side.members)
-            raise BenchError(f"{exc}\n{tails}") from exc
+        return measure_side(side, cfg, (OUR_FAILOVER,), root / "bb")
     finally:
         session.close()
 
@@ -262,11 +270,7 @@ def measure_all(cfg: Config) -> tuple[Figures | None, str, Figures]:
     if why:
         return None, why, patroni
     print("Our half ...", flush=True)
-    try:
-        return run_ours(cfg), "", patroni
-    except BenchError as exc:
-        print(f"our half failed: {exc}", file=sys.stderr)
-        return None, f"failed: {str(exc).splitlines()[0]}", patroni
+    return run_ours(cfg), "", patroni
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,10 +292,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nResults")
     rows = lines(ours, patroni)
     print_lines(rows)
-    if why:
-        print(f"\nours: not measurable yet ({why})")
     print_load("end")
-    return 0 if ours is not None and all(r.passed is not False for r in rows) else 1
+    return verdict(ours, why, patroni, rows)
+
+
+def verdict(ours: Figures | None, why: str, patroni: Figures, rows: Sequence[Line]) -> int:
+    """2: Patroni's half failed (no reference); 1: ours missing, failed or a target missed."""
+    if why:
+        print(f"ours: not measurable yet ({why})")
+    for side in (patroni, ours):
+        if side is not None and side.failure:
+            print(f"{side.label}: its rounds stopped early: {side.failure}")
+    if patroni.failure:
+        return 2
+    if ours is None or ours.failure:
+        return 1
+    return 0 if all(r.passed is not False for r in rows) else 1
 
 
 if __name__ == "__main__":

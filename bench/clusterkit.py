@@ -83,9 +83,30 @@ def wait_streaming(ports: dict[str, int], timeout: float, check: Callable[[], No
 
 
 def wait_member_streaming(primary_port: int, name: str, timeout: float, step: float) -> float:
-    """perf_counter() at which ``name`` is first seen streaming from the primary."""
-    wait_until(lambda: name in streaming_standbys(primary_port), timeout, f"{name} streaming", step)
-    return time.perf_counter()
+    """perf_counter() at which ``name`` is first seen streaming from the primary.
+
+    One connection asks every ``step`` seconds (a new one only after an error), so the
+    polling adds no backend start-ups to the primary while it serves the copy.
+    """
+    sql = "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND application_name = %s"
+    deadline = time.monotonic() + timeout
+    conn: psycopg.Connection[tuple[object, ...]] | None = None
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if conn is None:
+                    conn = psycopg.connect(dsn(primary_port, connect_timeout=2), autocommit=True)
+                if conn.execute(sql, (name,)).fetchall():
+                    return time.perf_counter()
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(step)
+    finally:
+        if conn is not None:
+            conn.close()
+    raise BenchError(f"timed out after {timeout:g} s waiting for {name} streaming")
 
 
 def prepare_data(port: int, scale: int) -> None:

@@ -31,6 +31,7 @@ class Figures:
     joins: list[float] = field(default_factory=list)
     basebackups: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    failure: str = ""  # why the rounds stopped early, if they did
 
 
 @dataclass(frozen=True)

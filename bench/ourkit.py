@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from harness import DAEMON, BenchError, Session, chown_tree, free_ports, postmaster_pid, wait_until
+from harness import DAEMON, BenchError, Session, chown_tree, free_ports, postmaster_pid
 
 PG_HBA = [
     "host all all 127.0.0.1/32 trust",
     "host replication postgres 127.0.0.1/32 trust",
 ]
 COMMAND_TIMEOUT = 300
+STOP_TIMEOUT = 60.0  # seconds a daemon is given to exit on SIGTERM before kill -9
 
 
 def cli_available() -> str:
@@ -139,17 +140,25 @@ class OurCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def stop_node(self, name: str) -> None:
+    def stop_node(self, name: str) -> str:
+        """SIGTERM to the member's daemon; what went wrong, if anything (then kill -9)."""
         m = self.members[name]
-        if m.proc is not None:
-            m.proc.terminate()
-            code = m.proc.wait(120)
-            m.proc = None
-            if code != 0:
-                raise BenchError(
-                    f"{name}'s daemon exited {code} on SIGTERM:\n{self.log_tail(name)}"
-                )
-        wait_until(lambda: postmaster_pid(m.pgdata) is None, 30, f"{name}'s postmaster to stop")
+        if m.proc is None:
+            return ""
+        m.proc.terminate()
+        try:
+            code = m.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            tail = self.log_tail(name, 6)
+            self.kill(name)
+            return f"{name}'s daemon still ran {STOP_TIMEOUT:g} s after SIGTERM (killed):\n{tail}"
+        m.proc = None
+        if postmaster_pid(m.pgdata) is not None:
+            self.kill(name)
+            return f"{name}'s daemon exited {code} and left its postmaster running (killed)"
+        if code:
+            return f"{name}'s daemon exited {code} on SIGTERM:\n{self.log_tail(name, 6)}"
+        return ""
 
     def start_node(self, name: str) -> None:
         self.start_member(name)
@@ -182,5 +191,8 @@ class OurCluster:
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         m = self.members[name]
-        text = (m.root / f"daemon-{m.launches}.log").read_text(errors="replace")
+        try:
+            text = (m.root / f"daemon-{m.launches}.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
         return "\n".join(text.splitlines()[-lines:])

@@ -17,7 +17,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -264,13 +263,22 @@ class PatroniCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def stop_node(self, name: str) -> None:
+    def stop_node(self, name: str) -> str:
+        """SIGTERM to the node's Patroni; what went wrong, if anything (then kill -9)."""
         node = self.nodes[name]
-        if node.proc is not None:
-            node.proc.terminate()
+        if node.proc is None:
+            return ""
+        node.proc.terminate()
+        try:
             node.proc.wait(60)
-            node.proc = None
-        wait_until(lambda: postmaster_pid(node.pgdata) is None, 30, f"{name}'s postmaster to stop")
+        except subprocess.TimeoutExpired:
+            self.kill(name)
+            return f"Patroni {name} still ran 60 s after SIGTERM (killed)"
+        node.proc = None
+        if postmaster_pid(node.pgdata) is not None:
+            self.kill(name)
+            return f"Patroni {name} exited and left its postmaster running (killed)"
+        return ""
 
     def wipe(self, name: str) -> None:
         shutil.rmtree(self.nodes[name].pgdata, ignore_errors=True)
@@ -291,11 +299,8 @@ class PatroniCluster:
         self.patronictl("failover", "--candidate", to, "--force")
 
     def log_tail(self, name: str, lines: int = 20) -> str:
-        text = (self.nodes[name].root / "patroni.log").read_text(errors="replace")
+        try:
+            text = (self.nodes[name].root / "patroni.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
-
-
-def wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.01)
