@@ -72,6 +72,7 @@ def test_a_data_directory_pg_rewind_cannot_fix_is_cloned_again(three_instances: 
     trio = three_instances
     started(trio)
     assert trio.daemons["pg-3"].stop() == 0
+    assert (trio.report("pg-3")["role"], trio.report("pg-3")["ready"]) == ("unknown", False)
     pgdata = trio.members["pg-3"].pgdata
     rmtree(pgdata)
     # Another system: same name, no standby.signal, a different system identifier.

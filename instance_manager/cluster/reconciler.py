@@ -30,7 +30,7 @@ from pathlib import Path
 
 from instance_manager import log
 from instance_manager.cluster import prepare, promote, reports, standby, view
-from instance_manager.cluster.observe import observe
+from instance_manager.cluster.observe import Observed, observe
 from instance_manager.cluster.replication import Replication
 from instance_manager.cluster.view import ClusterView
 from instance_manager.errors import SettingsError
@@ -112,6 +112,14 @@ class Reconciler:
         finally:
             watch.cancel()
             mirror.cancel()
+            self._last_report()
+
+    def _last_report(self) -> None:
+        """On the way out: not running, not ready (the claim stays for the next start)."""
+        try:
+            reports.write(self.reports_dir, self.claims.report(Observed()))
+        except OSError as exc:
+            log.event(_logger, "cannot write the report", logging.WARNING, error=str(exc))
 
     async def reconcile(self) -> None:
         """One pass: a step at most, then the report. A failed step is retried next pass."""
