@@ -102,6 +102,8 @@ class Reconciler:
         loop = asyncio.get_running_loop()
         watch = loop.create_task(self._watch())
         mirror = loop.create_task(self.replication.mirror.run())
+        for task in (watch, mirror):
+            task.add_done_callback(_log_failure)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -265,3 +267,9 @@ class Reconciler:
         except OSError:
             document = None
         return document, reports.fingerprint(self.reports_dir, me)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A helper task that died: the passes go on once a REPORT_INTERVAL without it."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.event(_logger, "cluster watch failed", logging.ERROR, error=str(exc) or repr(exc))
