@@ -172,7 +172,7 @@ def measure_join(side: Side, out: Figures, scratch: Path, reference_first: bool)
     dirty_pages(port)
     launched = time.perf_counter()
     side.start_node(standby)
-    out.joins.append(wait_member_streaming(port, standby, 900, 0.01) - launched)
+    out.joins.append(wait_member_streaming(side.ports[standby], 900, 0.01) - launched)
     if not reference_first:
         settle(side)
         dirty_pages(port)

@@ -25,6 +25,7 @@ from pgctl import as_postgres
 TABLE = "bench_writes"
 PAUSE_AFTER_FAILURE = 0.005  # seconds between two attempts when no instance takes writes
 STATEMENT_TIMEOUT_MS = 5000
+RECEIVER_SQL = "SELECT status FROM pg_stat_wal_receiver"
 
 
 def dsn(port: int, **extra: str | int) -> str:
@@ -60,6 +61,20 @@ def streaming_standbys(port: int) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
+def receiving(port: int) -> bool:
+    """The instance on ``port`` is a standby whose WAL receiver is streaming.
+
+    Asked of the standby itself: pg_basebackup's own WAL stream carries the standby's
+    application_name while the copy runs, so the primary's pg_stat_replication cannot
+    tell a clone in progress from a standby that streams.
+    """
+    try:
+        rows = query(port, RECEIVER_SQL, 2)
+    except psycopg.Error:
+        return False
+    return bool(rows) and rows[0][0] == "streaming"
+
+
 def primaries(ports: dict[str, int]) -> list[str]:
     """Members whose PostgreSQL answers and is not in recovery."""
     return [name for name, port in ports.items() if in_recovery(port) is False]
@@ -77,26 +92,28 @@ def wait_streaming(ports: dict[str, int], timeout: float, check: Callable[[], No
         if len(found) != 1:
             return None
         others = set(ports) - set(found)
-        return found[0] if others <= streaming_standbys(ports[found[0]]) else None
+        if not others <= streaming_standbys(ports[found[0]]):
+            return None
+        return found[0] if all(receiving(ports[name]) for name in others) else None
 
     return str(wait_until(healthy, timeout, "one primary and every standby streaming", 0.05))
 
 
-def wait_member_streaming(primary_port: int, name: str, timeout: float, step: float) -> float:
-    """perf_counter() at which ``name`` is first seen streaming from the primary.
+def wait_member_streaming(port: int, timeout: float, step: float) -> float:
+    """perf_counter() at which the standby on ``port`` first reports its WAL streaming.
 
-    One connection asks every ``step`` seconds (a new one only after an error), so the
-    polling adds no backend start-ups to the primary while it serves the copy.
+    Asked every ``step`` seconds on one connection, opened again only after an error
+    (refused at once while no postmaster listens).
     """
-    sql = "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND application_name = %s"
     deadline = time.monotonic() + timeout
     conn: psycopg.Connection[tuple[object, ...]] | None = None
     try:
         while time.monotonic() < deadline:
             try:
                 if conn is None:
-                    conn = psycopg.connect(dsn(primary_port, connect_timeout=2), autocommit=True)
-                if conn.execute(sql, (name,)).fetchall():
+                    conn = psycopg.connect(dsn(port, connect_timeout=2), autocommit=True)
+                rows = conn.execute(RECEIVER_SQL).fetchall()
+                if rows and rows[0][0] == "streaming":
                     return time.perf_counter()
             except psycopg.Error:
                 if conn is not None:
@@ -106,7 +123,7 @@ def wait_member_streaming(primary_port: int, name: str, timeout: float, step: fl
     finally:
         if conn is not None:
             conn.close()
-    raise BenchError(f"timed out after {timeout:g} s waiting for {name} streaming")
+    raise BenchError(f"timed out after {timeout:g} s waiting for the standby on {port} to stream")
 
 
 def prepare_data(port: int, scale: int) -> None:
