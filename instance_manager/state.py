@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from instance_manager.conditions import ConditionStore
+
 
 @dataclass
 class InstanceState:
@@ -40,6 +42,10 @@ class InstanceState:
     wal: WalState = field(default_factory=lambda: WalState())
     # Standalone cluster mode; written by the cluster reconciler.
     cluster: ClusterState = field(default_factory=lambda: ClusterState())
+    # The local API's /cache/<key> values (cluster/cache.py fills them) and this instance's
+    # Cluster conditions.
+    cache: dict[str, Any] = field(default_factory=dict)
+    conditions: ConditionStore = field(default_factory=lambda: ConditionStore())
 
     def reload_failed(self, error: str) -> None:
         self.reload_error = error
@@ -66,6 +72,8 @@ class ClusterState:
     # A primary's pg_stat_replication, a standby's WAL receiver.
     replication: list[dict[str, Any]] = field(default_factory=list)
     last_error: str = ""
+    # Where this instance stands in a rolling restart ("" when nothing waits for one).
+    rolling: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +83,7 @@ class ClusterState:
             "join": self.join,
             "replication": self.replication,
             "lastError": self.last_error,
+            "rollingRestart": self.rolling,
         }
 
 

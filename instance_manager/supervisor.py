@@ -124,6 +124,8 @@ class Supervisor:
                 if not life.done():
                     background.append(tg.create_task(self._guard("status server", self._web())))
                     background.append(tg.create_task(self._optional("metrics", self._metrics())))
+                if self.reconciler is None and not life.done():
+                    background.append(tg.create_task(self._in_place()))
                 # In cluster mode the reconciler watches the document itself.
                 if self.config_file is not None and self.reconciler is None and not life.done():
                     watcher = config_watch.watch(self.config_file, self.lifecycle.request_reload)
@@ -165,6 +167,12 @@ class Supervisor:
             log.event(_logger, f"{name} failed; stopping", logging.ERROR, error=describe(exc))
             self.exit_code = EXIT_FAILURE
             self.lifecycle.request_stop_once()
+
+    async def _in_place(self) -> None:
+        """Without peers: pending restarts in place, the local cache and conditions."""
+        from instance_manager.cluster.inplace import InPlace
+
+        await self._optional("in-place restarts", InPlace(self.lifecycle).run())
 
     async def _optional(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         """A component PostgreSQL does not need: its failure is logged, nothing stops."""

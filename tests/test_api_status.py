@@ -133,6 +133,7 @@ async def test_streaming_standby_and_replication_info(primary: Primary) -> None:
 async def test_pending_restart_for_decrease(primary: Primary) -> None:
     spec = api_spec()
     spec["postgresql"]["parameters"]["max_connections"] = "15"
+    spec["primaryUpdateStrategy"] = "supervised"  # else it restarts itself at once
     write_cluster(primary.inst, spec, operator_status(primary.certs))
     primary.daemon.signal(signal.SIGHUP)
     primary.daemon.wait_log("configuration applied; some parameters need a restart")

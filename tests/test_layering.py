@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "log": 0,
     "cluster_model": 0,
     "durable": 0,
+    "conditions": 0,
     ROOT: 0,
 }
 # Units only the named units may import (besides themselves).

@@ -47,7 +47,9 @@ def test_restart_only_parameter_is_reported_pending(instance: Instance, daemons:
     daemon = daemons(instance)
     daemon.wait_ready()
     daemon.wait_log("configuration applied")
-    instance.write_config(with_params(shared_buffers="64MB"))
+    spec = with_params(shared_buffers="64MB")
+    spec["primaryUpdateStrategy"] = "supervised"  # else it restarts itself (test_rolling_single)
+    instance.write_config(spec)
     daemon.signal(signal.SIGHUP)
     pending = daemon.wait_log("configuration applied; some parameters need a restart")
     assert "shared_buffers" in pending["pending_restart"]

@@ -7,10 +7,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from instance_manager.cluster import rolling
 from instance_manager.postgres.lifecycle import Lifecycle
 
 OBSERVE_TIMEOUT = 2.0
-OBSERVE_QUERY = """
+OBSERVE_QUERY = f"""
 SELECT json_build_object(
   'inRecovery', pg_catalog.pg_is_in_recovery(),
   'timeline', (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),
@@ -29,7 +30,7 @@ SELECT json_build_object(
   'receiver', (SELECT json_build_object('status', status, 'slotName', slot_name,
       'senderHost', sender_host, 'senderPort', sender_port,
       'receivedLsn', flushed_lsn::text, 'timeline', received_tli)
-      FROM pg_catalog.pg_stat_wal_receiver LIMIT 1))
+      FROM pg_catalog.pg_stat_wal_receiver LIMIT 1),{rolling.PENDING_SQL})
 """
 
 
@@ -43,6 +44,9 @@ class Observed:
     replay_lsn: str | None = None
     current_lsn: str | None = None
     replication: list[dict[str, Any]] = field(default_factory=list)
+    pending_restart: bool = False
+    decreased: dict[str, int] = field(default_factory=dict)  # sensitive parameters lowered
+    starts: int = 0  # the postmaster start this was read from (state.postmaster_starts)
 
 
 async def observe(lifecycle: Lifecycle) -> Observed:
@@ -69,4 +73,7 @@ async def observe(lifecycle: Lifecycle) -> Observed:
         replay_lsn=data["replayLsn"],
         current_lsn=data["currentLsn"],
         replication=replication,
+        pending_restart=bool(data.get("pendingRestart")),
+        decreased={str(k): int(v) for k, v in (data.get("decreased") or {}).items()},
+        starts=state.postmaster_starts,
     )

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from instance_manager import log
-from instance_manager.cluster import prepare, promote, reports, standby, view
+from instance_manager.cluster import cache, prepare, promote, reports, rolling, standby, view
 from instance_manager.cluster.observe import Observed, observe
 from instance_manager.cluster.replication import Replication
 from instance_manager.cluster.view import ClusterView
@@ -72,6 +72,7 @@ class Reconciler:
         lifecycle.recovery_settings = self.recovery_settings
         lifecycle.managed_parameters = self.replication.managed_parameters
         self._managed = self.replication.managed_parameters()
+        self.roll = rolling.Roller(lifecycle, document)
         self.state.cluster.enabled = True
 
     # -- sources --
@@ -132,6 +133,7 @@ class Reconciler:
             current = self.current_view()
             self._show(current)
             await self._step(current)
+            cache.refresh(self.state, self.cluster, current)
         except Exception as exc:
             self.state.cluster.last_error = " ".join(str(exc).split()) or type(exc).__name__
             log.event(
@@ -182,6 +184,7 @@ class Reconciler:
             await self.claims.claim()
             await self.replication.primary_step(current)
             self._apply_managed()
+            await self.roll.step(current, self.cluster.spec)
             return
         if current.i_am_target:
             failover = current.current_primary != current.me
@@ -195,6 +198,8 @@ class Reconciler:
             assert primary is not None
             await prepare.ensure_slot_quietly(s, current.peer(primary))
             self._reapply()
+            return
+        await self.roll.step(current, self.cluster.spec)
 
     def _apply_managed(self) -> None:
         """Reload when synchronous_standby_names should change (standbys came or went)."""
@@ -218,7 +223,7 @@ class Reconciler:
         observed = await observe(self.lifecycle)
         self.state.cluster.role = observed.role
         self.state.cluster.replication = observed.replication
-        report = self.claims.report(observed)
+        report = self.roll.report(self.claims.report(observed), observed)
         # What the others decide on is written at once; LSNs and "updated" once a
         # REPORT_INTERVAL: every write wakes the other instances, which write in turn.
         decisive = report.decisive()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,13 @@ class Report:
     currentLsn: str | None = None
     fenced: bool = False
     updated: str = ""
+    # Rolling restarts (rolling.py): what waits for a restart, and the spec.postgresql hash
+    # PostgreSQL confirmed ("" while a configuration is being applied).
+    pendingRestart: bool = False
+    pendingRestartForDecrease: bool = False
+    appliedSpec: str = ""
+    # This instance's Cluster conditions (ContinuousArchiving), as metav1.Condition.
+    conditions: list[dict[str, str]] = field(default_factory=list)
 
     def decisive(self) -> tuple[object, ...]:
         """The fields other instances and the commands act on (not LSNs, not the time)."""
@@ -55,6 +62,10 @@ class Report:
             self.systemID,
             self.ready,
             self.fenced,
+            self.pendingRestart,
+            self.pendingRestartForDecrease,
+            self.appliedSpec,
+            tuple((c.get("type"), c.get("status")) for c in self.conditions),
         )
 
     def to_json(self) -> str:

@@ -1,10 +1,12 @@
 """The local API (127.0.0.1 only, CNPG's port 8010): what the pod's own commands ask for.
 
-- ``GET /cache/cluster``: the Cluster resource the daemon holds (JSON; GET and HEAD only),
-  secret-looking plugin parameters replaced by ``<redacted>`` (see ``redacted``);
-- ``/cache/<any other key>``: 404. CloudNativePG also serves ``wal-archive``, ``wal-restore``
-  and ``wal-restore-config`` there, values cached for its WAL commands; the WAL commands here
-  ask the daemon's WAL socket instead, so those keys are not served;
+- ``GET /cache/<key>``: what the reconciler cached (cluster/cache.py): ``cluster``, the
+  effective Cluster (the document, its status from the instances' reports and this
+  instance's conditions), ``wal-archive`` and ``wal-restore`` (the environment the WAL
+  commands need, as CloudNativePG's ``KEY=VALUE`` list). Without a reconciler, ``cluster``
+  is the Cluster the daemon holds with this instance's conditions. JSON; GET and HEAD only;
+  secret-looking plugin parameters replaced by ``<redacted>`` (see ``redacted``); 404 for
+  any key not cached (``wal-restore-config`` is never: no in-tree recovery here);
 - ``/pg/backup?name=<backup>``: start a plugin backup (backup/plugin.py; 200 ``OK``; 400 no
   name, unknown method, bad body; 409 nothing configured or already running). An optional
   JSON body is the Backup resource; without one it is built from the request
@@ -18,9 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +31,7 @@ from instance_manager.backup.plugin import (
     PluginBackups,
     backup_definition,
 )
+from instance_manager.conditions import ConditionStore
 from instance_manager.settings import Settings
 from instance_manager.web import routes
 from instance_manager.web.jsonapi import (
@@ -42,56 +43,6 @@ from instance_manager.web.jsonapi import (
     read_body,
 )
 
-CONTINUOUS_ARCHIVING = "ContinuousArchiving"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class ConditionStore:
-    """Cluster status conditions set by this instance, until they are patched to Kubernetes.
-
-    As metav1.Condition: lastTransitionTime changes only when the status changes.
-    """
-
-    def __init__(self) -> None:
-        self._conditions: dict[str, dict[str, str]] = {}
-        self.updated_at = 0.0
-
-    def set(self, kind: str, status: str, reason: str, message: str) -> dict[str, str]:
-        previous = self._conditions.get(kind)
-        if previous is not None and previous["status"] == status:
-            since = previous["lastTransitionTime"]
-        else:
-            since = _now()
-        condition = {
-            "type": kind,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": since,
-        }
-        self._conditions[kind] = condition
-        self.updated_at = time.time()
-        return condition
-
-    def get(self, kind: str) -> dict[str, str] | None:
-        return self._conditions.get(kind)
-
-    def all(self) -> list[dict[str, str]]:
-        return [dict(c) for _, c in sorted(self._conditions.items())]
-
-    def continuous_archiving(self, error: str) -> dict[str, str]:
-        if error:
-            return self.set(CONTINUOUS_ARCHIVING, "False", "ContinuousArchivingFailing", error)
-        return self.set(
-            CONTINUOUS_ARCHIVING,
-            "True",
-            "ContinuousArchivingSuccess",
-            "Continuous archiving is working",
-        )
-
 
 class LocalApi:
     def __init__(
@@ -99,10 +50,12 @@ class LocalApi:
         settings: Callable[[], Settings],
         backups: PluginBackups,
         conditions: ConditionStore | None = None,
+        cache: Mapping[str, Any] | None = None,
     ) -> None:
         self._settings = settings
         self.backups = backups
         self.conditions = conditions or ConditionStore()
+        self.cache = {} if cache is None else cache
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(routes.CACHE_PREFIX + "{key:.*}", self.cached)
@@ -110,10 +63,16 @@ class LocalApi:
         app.router.add_route("*", routes.WAL_ARCHIVE_CONDITION, self.wal_archive_condition)
 
     async def cached(self, request: web.Request) -> web.Response:
-        if request.match_info["key"] != routes.CACHE_CLUSTER:
+        key = request.match_info["key"]
+        value = self.cache.get(key)
+        if value is None and key == routes.CACHE_CLUSTER:
+            value = self._settings().cluster.to_json_dict()
+            conditions = self.conditions.all()
+            if conditions:
+                value["status"] = {**value.get("status", {}), "conditions": conditions}
+        if value is None:
             return web.Response(status=404)
-        value = redacted(self._settings().cluster.to_json_dict())
-        return web.Response(text=json.dumps(value), content_type="application/json")
+        return web.Response(text=json.dumps(redacted(value)), content_type="application/json")
 
     async def backup(self, request: web.Request) -> web.Response:
         name = request.query.get("name", "")

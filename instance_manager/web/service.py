@@ -56,7 +56,7 @@ class WebServices:
             argv=argv,
         )
         self.backups = PluginBackups(settings)
-        self.local = LocalApi(settings, self.backups)
+        self.local = LocalApi(settings, self.backups, state.conditions, state.cache)
         self.tls: ServerTLS | None = None
         self.ready = asyncio.Event()  # the status port is listening
 

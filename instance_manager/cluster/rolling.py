@@ -1,0 +1,228 @@
+"""Rolling restarts: parameters that need a restart, applied one instance at a time.
+
+There is no coordinator: every instance reports ``pendingRestart``,
+``pendingRestartForDecrease`` and ``appliedSpec`` (a hash of ``spec.postgresql`` once
+PostgreSQL confirmed that configuration) and decides its own turn from the same view:
+
+- an instance with nothing pending does nothing;
+- a decrease of a hot-standby-sensitive parameter (``max_connections``, ...) goes primary
+  first: the primary restarts in place (``primaryUpdateStrategy: supervised`` waits for a
+  person); a standby waits until the primary reports the new configuration applied and
+  its own pg_control shows the primary's new values;
+- otherwise the standbys go first, in name order: a standby restarts once every standby
+  before it reports the same ``appliedSpec``, nothing pending and streaming (ready);
+- the primary goes last, once every standby did: ``supervised`` waits for a person
+  (``instance-manager switchover --to <standby>``: the old primary then restarts as a
+  standby); else ``primaryUpdateMethod: switchover`` makes the most advanced ready standby
+  the target primary, ``restart`` (the default) restarts in place.
+
+A standby that is down blocks the ones after it and the primary, as the operator's rolling
+update waits for every instance to be ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from instance_manager import log
+from instance_manager.cluster import cli
+from instance_manager.cluster.reports import Report
+from instance_manager.cluster.view import ClusterView
+from instance_manager.cluster_model import Cluster, Spec
+from instance_manager.postgres import controldata
+from instance_manager.postgres.lifecycle import Lifecycle
+
+if TYPE_CHECKING:
+    from instance_manager.cluster.observe import Observed
+
+_logger = log.get()
+
+# pg_controldata's names of the parameters a standby needs at least as high as the primary's.
+CONTROLDATA_SETTINGS = {
+    "max_connections setting": "max_connections",
+    "max_wal_senders setting": "max_wal_senders",
+    "max_worker_processes setting": "max_worker_processes",
+    "max_prepared_xacts setting": "max_prepared_transactions",
+    "max_locks_per_xact setting": "max_locks_per_transaction",
+}
+SENSITIVE = ", ".join(f"'{name}'" for name in CONTROLDATA_SETTINGS.values())
+# Parameters waiting for a restart, and the sensitive ones whose new value is lower.
+PENDING_SQL = f"""
+  'pendingRestart', EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart),
+  'decreased', (SELECT COALESCE(json_object_agg(s.name, f.setting::integer), '{{}}')
+      FROM pg_catalog.pg_settings s
+      JOIN (SELECT DISTINCT ON (name) name, setting, applied
+            FROM pg_catalog.pg_file_settings ORDER BY name, seqno DESC) f
+        ON f.name = s.name AND NOT f.applied
+      WHERE s.pending_restart AND s.name IN ({SENSITIVE})
+        AND f.setting::integer < s.setting::integer)"""
+
+
+def spec_hash(cluster: Cluster) -> str:
+    """What the instances compare: the ``spec.postgresql`` each one runs with."""
+    value = cluster.to_json_dict().get("spec", {}).get("postgresql", {})
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def lsn(text: str | None) -> int:
+    high, sep, low = (text or "").partition("/")
+    try:
+        return (int(high, 16) << 32) | int(low, 16) if sep else 0
+    except ValueError:
+        return 0
+
+
+def received(decreased: Mapping[str, int], controldata: Mapping[str, str]) -> bool:
+    """pg_control already holds the primary's new (lower) values: a standby may restart."""
+    seen = {}
+    for key, name in CONTROLDATA_SETTINGS.items():
+        value = controldata.get(key, "")
+        if value.lstrip("-").isdigit():
+            seen[name] = int(value)
+    return all(seen.get(name, value + 1) <= value for name, value in decreased.items())
+
+
+@dataclass(frozen=True)
+class Turn:
+    action: str  # "none" | "wait" | "restart" | "switchover" | "supervised"
+    reason: str = ""
+    target: str = ""
+
+
+NOTHING = Turn("none")
+
+
+def applied(report: Report | None, spec: str) -> bool:
+    """That instance runs ``spec`` with nothing pending, and is ready (a standby: streaming)."""
+    return (
+        report is not None
+        and report.appliedSpec == spec
+        and not report.pendingRestart
+        and report.ready
+    )
+
+
+def turn(
+    me: Report,
+    primary: str | None,
+    names: Sequence[str],
+    others: Mapping[str, Report],
+    strategy: str | None,
+    method: str | None,
+) -> Turn:
+    """This instance's move in the rolling restart, from its own report and the others'."""
+    if not me.pendingRestart or not me.appliedSpec or me.role == "unknown":
+        return NOTHING
+    spec = me.appliedSpec
+    standbys = sorted(n for n in names if n != primary)
+    if me.role == "primary":
+        return _primary_turn(me, standbys, others, strategy, method)
+    boss = others.get(primary or "")
+    decrease = me.pendingRestartForDecrease or (boss is not None and boss.pendingRestartForDecrease)
+    if decrease and not applied(boss, spec):
+        return Turn("wait", f"primary first (a decrease): waiting for {primary}")
+    for name in standbys:
+        if name == me.name:
+            return Turn("restart", "my turn")
+        if not applied(others.get(name), spec):
+            return Turn("wait", f"standbys in name order: waiting for {name}")
+    return NOTHING
+
+
+def _primary_turn(
+    me: Report,
+    standbys: Sequence[str],
+    others: Mapping[str, Report],
+    strategy: str | None,
+    method: str | None,
+) -> Turn:
+    supervised = strategy == "supervised"
+    if me.pendingRestartForDecrease:
+        if supervised:
+            return Turn("supervised", "a decrease waits for user action (primary first)")
+        return Turn("restart", "a decrease: the primary first, in place")
+    waiting = [n for n in standbys if not applied(others.get(n), me.appliedSpec)]
+    if waiting:
+        return Turn("wait", f"standbys first: waiting for {', '.join(waiting)}")
+    if supervised:
+        return Turn("supervised", "the primary's restart waits for user action")
+    if method == "switchover" and standbys:
+        best = max(standbys, key=lambda n: (lsn(others[n].replayLsn), [-ord(c) for c in n]))
+        return Turn("switchover", "switchover to the most advanced standby", best)
+    return Turn("restart", "the primary last, in place")
+
+
+class Roller:
+    """This instance's part: its report's fields, and its move when its turn comes."""
+
+    def __init__(self, lifecycle: Lifecycle, document: Path) -> None:
+        self.lifecycle = lifecycle
+        self.document = document
+        self._mine: Report | None = None
+        self._starts = -1  # the postmaster start _mine was observed in
+        self._said = NOTHING
+        self._decreased: dict[str, int] = {}
+
+    def report(self, report: Report, observed: Observed) -> Report:
+        """``report`` with the rolling-restart fields and this instance's conditions."""
+        state = self.lifecycle.state
+        confirmed = state.loaded_config_hash == state.written_config_hash
+        spec = spec_hash(self.lifecycle.settings.cluster) if confirmed else ""
+        mine = dataclasses.replace(
+            report,
+            pendingRestart=observed.pending_restart,
+            pendingRestartForDecrease=bool(observed.decreased),
+            appliedSpec=spec if observed.role != "unknown" and not state.reload_error else "",
+            conditions=state.conditions.all(),
+        )
+        self._mine, self._starts = mine, observed.starts
+        self._decreased = observed.decreased
+        return mine
+
+    async def step(self, current: ClusterView, spec: Spec) -> None:
+        mine = self._mine
+        if mine is None or self._starts != self.lifecycle.state.postmaster_starts:
+            return  # observed before the last start: wait for a fresh report
+        others = {n: r for n, r in current.reports.items() if n != current.me}
+        move = turn(
+            mine,
+            current.current_primary,
+            sorted(current.peers),
+            others,
+            spec.primaryUpdateStrategy,
+            spec.primaryUpdateMethod,
+        )
+        if move.action == "restart" and mine.role == "replica" and self._decreased:
+            values, _ = await controldata.read(self.lifecycle.settings)
+            if not received(self._decreased, values):
+                move = Turn("wait", "the primary's new values are not in pg_control yet")
+        self._tell(move)
+        if move.action == "restart":
+            self._mine = None
+            await self.lifecycle.switchover_stop()
+        elif move.action == "switchover":
+            await asyncio.to_thread(self._switch_to, move.target)
+
+    def _tell(self, move: Turn) -> None:
+        self.lifecycle.state.cluster.rolling = "" if move is NOTHING else move.reason
+        if move != self._said:
+            self._said = move
+            if move is not NOTHING:
+                log.event(
+                    _logger, "rolling restart", action=move.action, reason=move.reason,
+                    target=move.target or None,
+                )  # fmt: skip
+
+    def _switch_to(self, target: str) -> None:
+        """primaryUpdateMethod switchover: the operator's part, done by this primary."""
+        document = cli.read_document(self.document)
+        if (document.get("status") or {}).get("targetPrimary") == target:
+            return
+        cli.write_target(self.document, document, target)
