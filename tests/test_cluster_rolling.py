@@ -8,6 +8,7 @@ The order is read from ``pg_postmaster_start_time()`` of each instance.
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 
 import psycopg
 import pytest
@@ -120,3 +121,34 @@ def test_rolling_restart_by_switchover(three_instances: Trio) -> None:
     assert not set(writer.committed) - rows, "acknowledged writes lost in the switchover"
     logged = trio.daemons["pg-1"].find("rolling restart")
     assert any(line.get("action") == "switchover" for line in logged), trio.tails()
+
+
+def test_supervised_primary_waits_for_a_switchover(three_instances: Trio) -> None:
+    trio = three_instances
+    trio.spec["primaryUpdateStrategy"] = "supervised"
+    trio.write_document()
+    started(trio)
+    change(trio, shared_buffers="64MB")
+    for name in ("pg-2", "pg-3"):
+        wait_for(lambda n=name: show(trio, n, "shared_buffers") == "64MB", ROLL_TIMEOUT, name)
+    wait_for(
+        lambda: any(
+            line.get("action") == "supervised"
+            for line in trio.daemons["pg-1"].find("rolling restart")
+        ),
+        60,
+        "pg-1 waiting for user action",
+    )
+    assert trio.report("pg-1")["pendingRestart"] is True
+    assert show(trio, "pg-1", "shared_buffers") != "64MB"
+    wait_for(lambda: trio.report("pg-2").get("ready"), 60, "pg-2 ready")
+    out = subprocess.run(
+        trio.cli("switchover", "--to", "pg-2", "--timeout", "120"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr + trio.tails()
+    wait_applied(trio, "shared_buffers", "64MB")
+    assert trio.current_primary() == "pg-2"
+    trio.wait_streaming("pg-2", {"pg-1", "pg-3"})
