@@ -338,8 +338,9 @@ class Spec(Strict, frozen=True):
     backup: dict[str, Any] | None = None
     externalClusters: list[dict[str, Any]] | None = None
     managed: dict[str, Any] | None = None
-    primaryUpdateStrategy: str | None = None
-    primaryUpdateMethod: str | None = None
+    # Rolling restarts (cluster/rolling.py): unset means unsupervised / restart.
+    primaryUpdateStrategy: Literal["unsupervised", "supervised"] | None = None
+    primaryUpdateMethod: Literal["restart", "switchover"] | None = None
     enableSuperuserAccess: bool | None = None
     superuserSecret: dict[str, Any] | None = None
     minSyncReplicas: NonNegative | None = None  # legacy synchronous replication

@@ -350,6 +350,18 @@ def invalid(
             "bad-probe-type",
         ),
         invalid(
+            {"spec": {"primaryUpdateStrategy": "Supervised"}},
+            "spec.primaryUpdateStrategy",
+            "Supervised",
+            "bad-update-strategy",
+        ),
+        invalid(
+            {"spec": {"primaryUpdateMethod": "failover"}},
+            "spec.primaryUpdateMethod",
+            "failover",
+            "bad-update-method",
+        ),
+        invalid(
             {"spec": {"probes": {"startup": {"maximumLag": "16Xi"}}}},
             "spec.probes.startup.maximumLag",
             "16Xi",
