@@ -7,7 +7,7 @@ PostgreSQL confirmed that configuration) and decides its own turn from the same 
 - an instance with nothing pending does nothing;
 - a decrease of a hot-standby-sensitive parameter (``max_connections``, ...) goes primary
   first: the primary restarts in place (``primaryUpdateStrategy: supervised`` waits for a
-  person); a standby waits until the primary reports the new configuration applied and
+  person to restart its instance manager); a standby waits until the primary reports the new configuration applied and
   its own pg_control shows the primary's new values;
 - otherwise the standbys go first, in name order: a standby restarts once every standby
   before it reports the same ``appliedSpec``, nothing pending and streaming (ready);
@@ -146,13 +146,21 @@ def _primary_turn(
     supervised = strategy == "supervised"
     if me.pendingRestartForDecrease:
         if supervised:
-            return Turn("supervised", "a decrease waits for user action (primary first)")
+            return Turn(
+                "supervised",
+                "a decrease goes primary first and waits for user action: restart this "
+                "instance manager",
+            )
         return Turn("restart", "a decrease: the primary first, in place")
     waiting = [n for n in standbys if not applied(others.get(n), me.appliedSpec)]
     if waiting:
         return Turn("wait", f"standbys first: waiting for {', '.join(waiting)}")
     if supervised:
-        return Turn("supervised", "the primary's restart waits for user action")
+        return Turn(
+            "supervised",
+            "the primary's restart waits for user action: instance-manager switchover "
+            "--to <a standby>",
+        )
     if method == "switchover" and standbys:
         best = max(standbys, key=lambda n: (lsn(others[n].replayLsn), [-ord(c) for c in n]))
         return Turn("switchover", "switchover to the most advanced standby", best)
