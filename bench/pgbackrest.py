@@ -39,41 +39,41 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from harness import (
-    PG_BIN,
     BenchError,
-    Daemon,
     Layout,
     Row,
     Session,
-    chown_tree,
     prepare_pgdata,
     run_bench,
-    stop_process,
-    wait_until,
 )
-from pgctl import as_postgres, pg_ctl_start, pg_ctl_stop
+from pgbackrestkit import (
+    ASYNC_KINDS,
+    MODES,
+    PAUSED,
+    PLUGIN_BACKUP,
+    STANZA,
+    Instance,
+    Mode,
+    cluster_doc,
+    failed_count,
+    fresh_dir,
+    pgbench_init,
+    ready_count,
+    set_auto_conf,
+    sql,
+)
+from pgctl import pg_ctl_start, pg_ctl_stop
 
 from instance_manager.pgbackrest import PLUGIN_NAME
 from instance_manager.plugins._gen import backup_pb2, restore_job_pb2, restore_job_pb2_grpc
 from instance_manager.plugins.connection import Plugin
-
-STANZA = "bench"
-SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # runuser is in sbin
-PAUSED = "archive_command = ''\n"  # in postgresql.auto.conf: .ready files pile up
-# What the plugin runs for a full backup with startFast (its annotations aside): pgBackRest's
-# archive check refuses an archive_command that does not name pgbackrest, so the plugin
-# checks the backup's WAL itself (see instance_manager/pgbackrest/backup.py).
-PLUGIN_BACKUP = ("backup", "--type=full", "--start-fast", "--no-archive-check")
 
 
 @dataclass(frozen=True)
@@ -83,200 +83,6 @@ class Config:
     rounds: int  # backup and restore rounds per side
     rate_rounds: int  # archive-rate runs per configuration (median)
     async_rounds: int  # runs of each async configuration, in rotation (median)
-
-
-@dataclass(frozen=True)
-class Mode:
-    name: str
-    compress: str  # gz or lz4
-    parallel: int = 0  # the daemon's wal.maxParallel; 0: direct archive_command
-    archive_async: bool = False
-
-    @property
-    def options(self) -> dict[str, str]:
-        found = {"compress-type": self.compress}
-        if self.archive_async:
-            found |= {"archive-async": "y", "process-max": "2"}
-        return found
-
-
-KINDS = (("direct", 0, False), ("direct-async", 0, True), ("plugin1", 1, False),
-         ("plugin8", 8, False), ("plugin1-async", 1, True), ("plugin8-async", 8, True))  # fmt: skip
-MODES = [Mode(f"{kind}-{c}", c, n, a) for c in ("gz", "lz4") for kind, n, a in KINDS]
-ASYNC_KINDS = ("direct-async", "plugin1-async", "plugin8-async")
-
-
-# -- commands -------------------------------------------------------------------------------
-
-
-def pgbackrest_options(lay: Layout, repo: Path, options: dict[str, str]) -> dict[str, str]:
-    """Every pgBackRest option of one instance, by name."""
-    return {"stanza": STANZA, "repo1-path": str(repo), "pg1-path": str(lay.pgdata),
-            "pg1-port": str(lay.pg_port), "pg1-socket-path": str(lay.run_dir),
-            "log-level-file": "off", "log-level-console": "off",
-            "lock-path": str(lay.root / "lock"), **options}  # fmt: skip
-
-
-def pgbackrest(lay: Layout, repo: Path, options: dict[str, str], *args: str) -> tuple[float, str]:
-    """Wall time and output of one pgbackrest command run by hand as postgres."""
-    env = {"PATH": SYSTEM_PATH}
-    for name, value in pgbackrest_options(lay, repo, options).items():
-        env["PGBACKREST_" + name.upper().replace("-", "_")] = value
-    started = time.perf_counter()
-    done = subprocess.run(as_postgres("pgbackrest", *args), env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BenchError(f"pgbackrest {' '.join(args)}: {done.returncode} {done.stderr}")
-    return time.perf_counter() - started, done.stdout
-
-
-def direct_command(lay: Layout, repo: Path, options: dict[str, str]) -> str:
-    """archive_command running pgbackrest itself (PostgreSQL passes no PGBACKREST_*, and
-    archive-push refuses the options it has no use for on its command line)."""
-    unused = ("pg1-port", "pg1-socket-path")
-    chosen = {k: v for k, v in pgbackrest_options(lay, repo, options).items() if k not in unused}
-    return "pgbackrest " + " ".join(f"--{k}={v}" for k, v in chosen.items()) + " archive-push %p"
-
-
-def sql(lay: Layout, statement: str) -> list[tuple[Any, ...]]:
-    conninfo = f"host=127.0.0.1 port={lay.pg_port} user=postgres dbname=postgres"
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-        cur = conn.execute(statement.encode())
-        return cur.fetchall() if cur.description else []
-
-
-def pgbench_init(lay: Layout, scale: int) -> None:
-    argv = [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1"]
-    argv += ["-p", str(lay.pg_port), "-U", "postgres", "postgres"]
-    subprocess.run(argv, check=True, capture_output=True, timeout=1800)
-
-
-def set_auto_conf(lay: Layout, text: str) -> None:
-    auto = lay.pgdata / "postgresql.auto.conf"
-    auto.write_text("# Do not edit this file manually!\n" + text)
-    chown_tree(auto)
-
-
-def ready_count(pgdata: Path) -> int:
-    status = pgdata / "pg_wal" / "archive_status"
-    return sum(1 for e in os.scandir(status) if e.name.endswith(".ready"))
-
-
-def failed_count(lay: Layout) -> int:
-    return int(sql(lay, "SELECT failed_count FROM pg_stat_archiver")[0][0])
-
-
-def fresh_dir(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(mode=0o700)
-    chown_tree(path)
-    return path
-
-
-# -- instances ------------------------------------------------------------------------------
-
-
-def cluster_doc(repo: Path | None = None, mode: Mode | None = None) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster", "metadata": {"name": "bench"},
-        "spec": {"postgresql": {"pg_hba": ["host all all 127.0.0.1/32 trust"]}},
-    }  # fmt: skip
-    if repo is not None and mode is not None:
-        params = {"stanza": STANZA, "repo1-path": str(repo), **mode.options}
-        plugin = {"name": PLUGIN_NAME, "isWALArchiver": True, "parameters": params}
-        doc["spec"] |= {"plugins": [plugin], "wal": {"maxParallel": max(mode.parallel, 1)}}
-    return doc
-
-
-@dataclass
-class Instance:
-    """PostgreSQL under pg_ctl, or the daemon and its sidecar; archiving paused at start."""
-
-    lay: Layout
-    repo: Path
-    mode: Mode
-    daemon: Daemon | None = None
-    sidecar: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def start(cls, session: Session, root: Path, pgdata: Path, mode: Mode) -> Instance:
-        lay = session.layout(root, json.dumps(cluster_doc()))
-        inst = cls(lay, fresh_dir(lay.root / "repo"), mode)
-        if mode.parallel:
-            lay.write_config(json.dumps(cluster_doc(inst.repo, mode)))
-        subprocess.run(["cp", "-a", str(pgdata), str(lay.pgdata)], check=True)
-        set_auto_conf(lay, PAUSED)
-        lay.run_dir.mkdir(parents=True, exist_ok=True)
-        chown_tree(lay.root)
-        if mode.parallel == 0:
-            pg_ctl_start(lay)
-        else:
-            inst.sidecar = inst._sidecar(session)
-            inst.daemon = Daemon(lay, session.procs, mode.name)
-            inst.daemon.wait_ready(120)
-        inst.run("stanza-create")
-        return inst
-
-    def _sidecar(self, session: Session) -> subprocess.Popen[bytes]:
-        lay = self.lay
-        env = {"PATH": "/usr/bin:/bin", "PGDATA": str(lay.pgdata), "HOME": "/var/lib/postgresql",
-               "PGBACKREST_PG1_PORT": str(lay.pg_port),
-               "PGBACKREST_PG1_SOCKET_PATH": str(lay.run_dir)}  # fmt: skip
-        # pg1-path: plugin_restore restores into a directory of its own, not into PGDATA.
-        argv = [sys.executable, "-m", "instance_manager.pgbackrest", "--socket-dir",
-                str(lay.plugins), "--work-dir", str(lay.root / "work"),
-                "--log-level", "warning", "--allow-option", "pg1-path"]  # fmt: skip
-        as_postgres_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
-        with open(lay.root / "sidecar.log", "wb") as out:
-            proc = session.procs.popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, **as_postgres_user
-            )
-        wait_until(lambda: (lay.plugins / PLUGIN_NAME).exists(), 30, "the sidecar's socket")
-        return proc
-
-    def options(self) -> dict[str, str]:
-        spool = {"spool-path": str(self.lay.root / "spool")} if self.mode.archive_async else {}
-        return self.mode.options | spool
-
-    def run(self, *args: str, **options: str) -> tuple[float, str]:
-        return pgbackrest(self.lay, self.repo, self.options() | options, *args)
-
-    def resume_archiving(self) -> None:
-        """The direct archive_command, or the daemon's own (custom.conf), from a reload."""
-        if self.mode.parallel == 0:
-            command = direct_command(self.lay, self.repo, self.options())
-            set_auto_conf(self.lay, f"archive_command = '{command}'\n")
-        else:
-            set_auto_conf(self.lay, "")
-        sql(self.lay, "SELECT pg_reload_conf()")
-
-    def wait_drained(self, failed0: int, limit: float = 900) -> float:
-        """Until no .ready file is left; BenchError if archiving keeps failing instead.
-        Returns when the first segment was archived (the backlog first shrank)."""
-        deadline = checked = time.perf_counter()
-        deadline += limit
-        backlog = left = ready_count(self.lay.pgdata)
-        first = 0.0
-        while left:
-            now = time.perf_counter()
-            if now > deadline:
-                raise BenchError(f"{self.mode.name}: the backlog did not drain in {limit:g} s")
-            if now - checked > 1.0:
-                checked = now
-                if failed_count(self.lay) > failed0 + 5:
-                    raise BenchError(f"{self.mode.name}: archive_command keeps failing")
-            time.sleep(0.002)
-            left = ready_count(self.lay.pgdata)
-            if not first and left < backlog:
-                first = time.perf_counter()
-        return first or time.perf_counter()
-
-    def stop(self) -> None:
-        if self.daemon is None:
-            pg_ctl_stop(self.lay)
-        else:
-            self.daemon.stop_timed()
-        if self.sidecar is not None:
-            stop_process(self.sidecar)
 
 
 # -- archive rate ---------------------------------------------------------------------------
