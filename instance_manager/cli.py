@@ -115,16 +115,19 @@ def wal_command(args: argparse.Namespace) -> int:
     return thin.main(["wal-restore", "--socket", sock, *rewind, args.name, args.path])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand; for ``run`` (the daemon's start) all but switchover/failover,
+    whose module and its imports would delay PostgreSQL's launch."""
     parser = argparse.ArgumentParser(prog="instance-manager", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _wal_parsers(sub)
     sub.add_parser("plugin", help="CNPG-I plugin sidecar: plugin pgbackrest --socket-dir DIR")
     _status_parser(sub)
-    from instance_manager.cluster import cli as cluster_cli
+    if command != "run":
+        from instance_manager.cluster import cli as cluster_cli
 
-    cluster_cli.add_parsers(sub)
+        cluster_cli.add_parsers(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -199,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from instance_manager.pgbackrest import main as pgbackrest_main
 
         return pgbackrest_main(raw[2:])
-    args = build_parser().parse_args(raw)
+    args = build_parser(raw[0] if raw else None).parse_args(raw)
     if args.command == "version":
         from instance_manager import __version__
 

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from instance_manager import log
+from instance_manager.process import preload
 
 _logger = log.get()
 
 
 async def watch(path: Path, on_change: Callable[[], None]) -> None:
+    await preload.wait()  # watchfiles is imported off the loop's thread while PostgreSQL starts
     from watchfiles import awatch
 
     folder = _folder(path)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 
 from aiohttp import web
@@ -74,10 +75,21 @@ def runner(app: web.Application) -> web.AppRunner:
 
 
 async def listen(
-    app_runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    app_runner: web.AppRunner,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> int:
-    """Bind ``host:port`` ("" is every address); the bound port (``port`` 0 asks the OS)."""
-    site = web.TCPSite(app_runner, host or None, port, reuse_address=True, ssl_context=ssl_context)
+    """Bind ``host:port`` ("" is every address), or accept on ``sock`` (bound already);
+    the bound port (``port`` 0 asks the OS)."""
+    site: web.BaseSite
+    if sock is not None:
+        site = web.SockSite(app_runner, sock, ssl_context=ssl_context)
+    else:
+        site = web.TCPSite(
+            app_runner, host or None, port, reuse_address=True, ssl_context=ssl_context
+        )
     try:
         await site.start()
     except OSError as exc:

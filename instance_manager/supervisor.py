@@ -13,18 +13,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from instance_manager import config_watch, log
-from instance_manager.cluster.reconciler import Reconciler
 from instance_manager.cluster_model import Cluster
 from instance_manager.errors import EXIT_FAILURE, EXIT_OK, InstanceManagerError, describe
 from instance_manager.postgres import config
 from instance_manager.postgres.lifecycle import Lifecycle
 from instance_manager.postgres.logpipe import LogPipes
+from instance_manager.process import preload
 from instance_manager.process.reaper import Reaper
 from instance_manager.process.signals import Signals
 from instance_manager.settings import Settings
@@ -33,13 +34,19 @@ from instance_manager.wal.archiver import Archiver
 from instance_manager.wal.backend import PluginBackend
 from instance_manager.wal.restorer import Restorer
 from instance_manager.wal.server import WalServer
+from instance_manager.web import early
 
 if TYPE_CHECKING:
+    from instance_manager.cluster.reconciler import Reconciler
     from instance_manager.web.service import WebServices
 
 _logger = log.get()
 METRICS_START_WAIT = 5.0
 METRICS_START_DELAY = 0.5
+# Imported in a worker thread once PostgreSQL is ready (process/preload.py), or at most
+# PRELOAD_WAIT s after its launch.
+PRELOAD = ("instance_manager.web.service", "watchfiles")
+PRELOAD_WAIT = 2.0
 
 
 class Supervisor:
@@ -61,12 +68,15 @@ class Supervisor:
         self.exit_code = EXIT_OK
         self.web: WebServices | None = None
         self._web_built = asyncio.Event()
+        self._status_socket: socket.socket | None = None
         # Set by PUT /update: after a clean detach, cli.py re-executes this command line.
         self.reexec_argv: list[str] | None = None
         self.lifecycle.before_stop.append(self._close_web_sessions)
         # Standalone cluster mode: peers in the document, whose reports sit beside it.
         self.reconciler: Reconciler | None = None
         if settings.instance.peers and config_file is not None:
+            from instance_manager.cluster.reconciler import Reconciler  # cluster mode only
+
             self.reconciler = Reconciler(
                 self.lifecycle, config_file, reload_settings, self.wal_server.archiver.archive
             )
@@ -105,6 +115,8 @@ class Supervisor:
         self.pipes.prepare()
         self.wal_server.archiver.prepare()
         self.wal_server.restorer.prepare()
+        self._status_socket = self._bind_status_port()
+        preloading = preload.start(PRELOAD, after=self._postgres_first())
         try:
             async with asyncio.TaskGroup() as tg:
                 background = [
@@ -116,6 +128,9 @@ class Supervisor:
                     # the ready WAL during the shutdown.
                     tg.create_task(self._guard("WAL server", self.wal_server.run())),
                 ]
+                if self._status_socket is not None:
+                    early_probes = self._optional("start-up probes", self._early_probes())
+                    background.append(tg.create_task(early_probes))
                 if self.reconciler is not None:  # prepares PGDATA before the first start
                     reconciler = self._guard("cluster reconciler", self.reconciler.run())
                     background.append(tg.create_task(reconciler))
@@ -134,8 +149,11 @@ class Supervisor:
                 for task in background:
                     task.cancel()
         finally:
+            preloading.cancel()
             self.signals.detach(loop)
             await self.wal_backend.close()
+            if self._status_socket is not None:
+                self._status_socket.close()
         log.event(_logger, "instance manager stopped", exit_code=self.exit_code)
         return self.exit_code
 
@@ -170,6 +188,7 @@ class Supervisor:
 
     async def _in_place(self) -> None:
         """Without peers: pending restarts in place, the local cache and conditions."""
+        await preload.wait()  # its imports would hold the loop while PostgreSQL starts
         from instance_manager.cluster.inplace import InPlace
 
         await self._optional("in-place restarts", InPlace(self.lifecycle).run())
@@ -204,9 +223,44 @@ class Supervisor:
         )
         await server.run()
 
+    def _bind_status_port(self) -> socket.socket | None:
+        """The status port, bound before PostgreSQL's launch for the start-up probes; None
+        with TLS (the full server binds it) or when it cannot be bound (the full server
+        then fails to listen, naming the reason)."""
+        inst = self.settings.instance
+        if inst.statusPortTLS:
+            return None
+        try:
+            return early.listen(inst.statusHost, inst.statusPort)
+        except OSError:
+            return None
+
+    async def _early_probes(self) -> None:
+        """The probes until the full status server accepts on the same socket."""
+
+        async def handed_over() -> None:
+            await self._web_built.wait()
+            assert self.web is not None
+            await self.web.ready.wait()
+
+        assert self._status_socket is not None
+        probes = early.EarlyProbes(lambda: self.lifecycle.settings, self.state)
+        await probes.serve(self._status_socket, handed_over())
+
+    async def _postgres_first(self) -> None:
+        """Until a postmaster being launched is ready (at most PRELOAD_WAIT s): PostgreSQL
+        gets the CPUs first, and the loop notices its readiness at once. Initdb, a join or
+        a restore (no postmaster yet) take long: the web stack is wanted meanwhile."""
+        await self.lifecycle.spawned.wait()
+        if self.lifecycle.pm is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PRELOAD_WAIT):
+                    await self.lifecycle.ready.wait()
+
     async def _web(self) -> None:
-        # ~160 ms of imports (aiohttp, psycopg), done once PostgreSQL is already booting on
-        # the other core. On the loop thread: a worker thread only fights it for the GIL.
+        # 150-300 ms of imports (aiohttp, psycopg) in a worker thread, after PostgreSQL's
+        # start: meanwhile the start-up probes answer.
+        await preload.wait()
         from instance_manager.web.service import WebServices
 
         self.web = WebServices(
@@ -216,6 +270,7 @@ class Supervisor:
             archive=self.wal_server.archiver.archive,
             request_reexec=self.request_reexec,
             argv=list(sys.argv),
+            status_socket=self._status_socket,
         )
         self._web_built.set()
         await self.web.run()

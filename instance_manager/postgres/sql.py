@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from instance_manager.process import preload
 from instance_manager.settings import Settings
 
 if TYPE_CHECKING:
     import psycopg
 
-# psycopg is imported on first use, not at start-up: PostgreSQL is already booting by
-# then, so its ~100 ms import overlaps the server's start instead of delaying it.
+# psycopg is imported on first use, not at start-up: while PostgreSQL starts, a worker
+# thread imports it (process/preload.py), which the loop's thread waits for first.
 
 APPLICATION_NAME = "cnpg-instance-manager"
 
@@ -32,6 +33,7 @@ def conninfo(settings: Settings, dbname: str = "postgres", user: str = "postgres
 async def connect(
     settings: Settings, dbname: str = "postgres", timeout: float = 5.0
 ) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    await preload.wait()
     import psycopg
 
     async with asyncio.timeout(timeout):
@@ -51,6 +53,7 @@ class Session:
 
     async def fetchone(self, query: str, timeout: float = 5.0) -> tuple[object, ...] | None:
         """Run ``query`` and return its first row; re-connects once if needed."""
+        await preload.wait()
         import psycopg
         from psycopg import sql
 

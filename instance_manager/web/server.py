@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -140,15 +141,16 @@ async def serve(
     ssl_context: ssl.SSLContext | None = None,
     name: str = "status server",
     started: asyncio.Event | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until cancelled; the listener is closed on the way out.
+    """Serve until cancelled; the listener (``sock`` if given) is closed on the way out.
 
     ListenError when the address cannot be bound (it names the address and the reason).
     """
     runner = httpd.runner(app)
     await runner.setup()
     try:
-        await httpd.listen(runner, host, port, ssl_context)
+        await httpd.listen(runner, host, port, ssl_context, sock)
         log.event(_logger, f"{name} listening", host=host or "*", port=port, tls=bool(ssl_context))
         if started is not None:
             started.set()

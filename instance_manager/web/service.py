@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -43,10 +44,13 @@ class WebServices:
         archive: ArchiveFile | None = None,
         request_reexec: ReexecRequest | None = None,
         argv: list[str] | None = None,
+        status_socket: socket.socket | None = None,
     ) -> None:
         self._settings = settings
+        # Bound before PostgreSQL's launch; the start-up probes (early.py) answer on it.
+        self._status_socket = status_socket
         self.checker = Checker(settings, state, session)
-        self.liveness = Liveness(settings)
+        self.liveness = Liveness(settings, state)
         self.operator = OperatorApi(
             settings,
             state,
@@ -77,7 +81,12 @@ class WebServices:
                 if self.tls is not None:
                     tg.create_task(self.tls.watch())
                 await serve(
-                    status_app, inst.statusHost, inst.statusPort, context, started=self.ready
+                    status_app,
+                    inst.statusHost,
+                    inst.statusPort,
+                    context,
+                    started=self.ready,
+                    sock=self._status_socket,
                 )
         finally:
             await self.close()
