@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import time
@@ -263,7 +262,6 @@ def rate_runs(cfg: Config, session: Session, backlog: Path) -> dict[str, list[fl
 def run(cfg: Config, session: Session) -> list[Row]:
     if not shutil.which("pgbackrest"):
         raise BenchError("pgbackrest not found (apt-get install pgbackrest)")
-    print(f"load average: {os.getloadavg()[0]:.2f}, cores: {os.cpu_count()}", flush=True)
     root = session.make_root("pb")
     backlog = make_pgdata(session, root / "base", cfg.backlog_scale)
     print(f"backlog: {ready_count(backlog)} segments of 16 MB", flush=True)
