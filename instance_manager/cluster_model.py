@@ -224,6 +224,9 @@ class IsolationCheck(Strict, frozen=True):
     enabled: bool = True
     requestTimeout: Positive = 1000  # milliseconds
     connectionTimeout: Positive = 1000  # milliseconds
+    # Standalone cluster mode: "any" fails liveness only when no peer answers (CNPG's
+    # documentation), "all" as soon as one peer does not (CNPG's code).
+    peersRequired: Literal["any", "all"] = "any"
 
 
 class LivenessProbe(ProbeBase, frozen=True):

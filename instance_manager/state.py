@@ -72,6 +72,8 @@ class ClusterState:
     # A primary's pg_stat_replication, a standby's WAL receiver.
     replication: list[dict[str, Any]] = field(default_factory=list)
     last_error: str = ""
+    # Why this primary counts as isolated ("" when it is not): /healthz answers 500 with it.
+    isolation: str = ""
     # Where this instance stands in a rolling restart ("" when nothing waits for one).
     rolling: str = ""
 

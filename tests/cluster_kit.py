@@ -50,6 +50,8 @@ class Trio:
         self.document = root / "doc" / "cluster.yaml"
         self.spec = plugin_spec(switchoverDelay=30, instances=len(NAMES))
         self.status: dict[str, Any] = {}
+        self.annotations: dict[str, str] = {}  # metadata.annotations (fencing)
+        self.instance_options: dict[str, Any] = {}  # beside the peers (statusPortTLS)
         self.write_document()
         chown_tree(root)
         self.plugin = PluginProcess(root).start()
@@ -66,10 +68,10 @@ class Trio:
         doc = {
             "apiVersion": "postgresql.cnpg.io/v1",
             "kind": "Cluster",
-            "metadata": {"name": "trio"},
+            "metadata": {"name": "trio", "annotations": self.annotations},
             "spec": self.spec,
             "status": self.status,
-            "instance": {"peers": self.peers()},
+            "instance": {"peers": self.peers(), **self.instance_options},
         }
         tmp = self.document.with_name(".cluster.yaml.tmp")
         tmp.write_text(yaml.safe_dump(doc))

@@ -1,9 +1,9 @@
 """``/pg/archive/partial`` as the daemon wires it.
 
-Only a fenced instance archives its REDO segment as ``.partial``, and the daemon has no
-fencing command that sets ``InstanceState.fenced``: the operator's call is refused with
-NOT_FENCED before anything is linked or archived. Without the operator's certificate the
-call is refused earlier (401, 503).
+Only a fenced instance archives its REDO segment as ``.partial``: while not fenced the
+operator's call is refused with NOT_FENCED before anything is linked or archived (a fenced
+primary archives it for real in tests/test_cluster_fencing.py). Without the operator's
+certificate the call is refused earlier (401, 503).
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ one step toward it, and writes this instance's report:
 - a standby whose primary_conninfo does not name the current primary: rewrite
   override.conf and reload (PostgreSQL 15 re-reads primary_conninfo without a restart).
 
+Fencing comes first in every pass: the document's ``cnpg.io/fencedInstances`` annotation
+naming this instance (or "*") fences it, its removal lifts it. The annotation is also read
+before the first start, so a fenced instance never starts PostgreSQL. The isolation check
+(cluster/isolation.py) runs beside the passes and may fence a primary itself.
+
 Before each start of PostgreSQL the lifecycle runs ``prepare_data`` (cluster/prepare.py):
 join, rewind, or the standby files. The lifecycle stays the only owner of the postmaster:
 this component only sends it commands.
@@ -30,11 +35,12 @@ from pathlib import Path
 
 from instance_manager import log
 from instance_manager.cluster import cache, prepare, promote, reports, rolling, standby, view
+from instance_manager.cluster.isolation import Isolation
 from instance_manager.cluster.observe import Observed, observe
 from instance_manager.cluster.replication import Replication
 from instance_manager.cluster.view import ClusterView
 from instance_manager.errors import SettingsError
-from instance_manager.postgres import roles, shutdown
+from instance_manager.postgres import fencing, roles, shutdown
 from instance_manager.postgres.lifecycle import Lifecycle
 from instance_manager.settings import Settings
 
@@ -73,7 +79,10 @@ class Reconciler:
         lifecycle.managed_parameters = self.replication.managed_parameters
         self._managed = self.replication.managed_parameters()
         self.roll = rolling.Roller(lifecycle, document)
+        self.isolation = Isolation(lifecycle, document, self.reports_dir)
         self.state.cluster.enabled = True
+        if fencing.annotated(self.cluster, lifecycle.settings.instance.podName):
+            lifecycle.fence.add(fencing.ANNOTATION)  # before the first start
 
     # -- sources --
     def document_changed(self) -> None:
@@ -103,7 +112,8 @@ class Reconciler:
         loop = asyncio.get_running_loop()
         watch = loop.create_task(self._watch())
         mirror = loop.create_task(self.replication.mirror.run())
-        for task in (watch, mirror):
+        isolation = loop.create_task(self.isolation.run())
+        for task in (watch, mirror, isolation):
             task.add_done_callback(_log_failure)
         try:
             while True:
@@ -113,14 +123,15 @@ class Reconciler:
                 self._wake.clear()
                 await self.reconcile()
         finally:
-            watch.cancel()
-            mirror.cancel()
+            for task in (watch, mirror, isolation):
+                task.cancel()
             self._last_report()
 
     def _last_report(self) -> None:
         """On the way out: not running, not ready (the claim stays for the next start)."""
         try:
-            reports.write(self.reports_dir, self.claims.report(Observed()))
+            report = self.claims.report(Observed())
+            reports.write(self.reports_dir, dataclasses.replace(report, fenced=self.state.fenced))
         except OSError as exc:
             log.event(_logger, "cannot write the report", logging.WARNING, error=str(exc))
 
@@ -132,6 +143,7 @@ class Reconciler:
                 self._apply_document()
             current = self.current_view()
             self._show(current)
+            await self._fence()
             await self._step(current)
             cache.refresh(self.state, self.cluster, current)
         except Exception as exc:
@@ -163,6 +175,14 @@ class Reconciler:
         if changed_spec:
             self.lifecycle.request_reload(new)
             self.replication.configure(new.cluster.spec.replicationSlots)
+
+    async def _fence(self) -> None:
+        """Follow the document's fencing annotation."""
+        wanted = fencing.annotated(self.cluster, self.lifecycle.settings.instance.podName)
+        if wanted and fencing.ANNOTATION not in self.lifecycle.fence.reasons:
+            await self.lifecycle.fence_on(fencing.ANNOTATION)
+        elif not wanted:
+            self.lifecycle.fence_off(fencing.ANNOTATION)
 
     def _show(self, current: ClusterView) -> None:
         self.state.cluster.target_primary = current.target_primary
@@ -223,7 +243,8 @@ class Reconciler:
         observed = await observe(self.lifecycle)
         self.state.cluster.role = observed.role
         self.state.cluster.replication = observed.replication
-        report = self.roll.report(self.claims.report(observed), observed)
+        report = dataclasses.replace(self.claims.report(observed), fenced=self.state.fenced)
+        report = self.roll.report(report, observed)
         # What the others decide on is written at once; LSNs and "updated" once a
         # REPORT_INTERVAL: every write wakes the other instances, which write in turn.
         decisive = report.decisive()

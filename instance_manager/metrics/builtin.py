@@ -8,7 +8,6 @@ doubles as the "ping" behind ``cnpg_collector_up``. What the Cluster resource kn
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -19,10 +18,11 @@ from instance_manager.cluster_model import Cluster, parse_quantity
 from instance_manager.metrics.connections import Connection
 from instance_manager.metrics.exposition import Family, gauge
 from instance_manager.metrics.versions import Version, pg_version
+from instance_manager.postgres import fencing
 
 P = "cnpg_collector_"
 FACTS_TIMEOUT = 3.0
-FENCED_ANNOTATION = "cnpg.io/fencedInstances"
+FENCED_ANNOTATION = fencing.FENCED_ANNOTATION
 WAITING_FOR_USER = "Waiting for user action"
 _SYNC = re.compile(r"\b(?:ANY|FIRST)\s+(\d+)\s*\(", re.IGNORECASE)
 _WAL_SETTINGS = (
@@ -174,14 +174,7 @@ def wal_volume_bytes(cluster: Cluster) -> int | None:
 
 
 def fenced(cluster: Cluster, pod: str) -> bool:
-    raw = cluster.metadata.annotations.get(FENCED_ANNOTATION)
-    if not raw:
-        return False
-    try:
-        names = json.loads(raw)
-    except ValueError:
-        return False
-    return isinstance(names, list) and ("*" in names or pod in names)
+    return fencing.annotated(cluster, pod)
 
 
 def _timestamp(status: dict[str, Any], key: str) -> tuple[float, bool]:

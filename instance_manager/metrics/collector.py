@@ -123,7 +123,7 @@ class Collector:
         errors: list[str] = []
         plugin_task = self._start_plugins(deadline)
         wal_task = loop.create_task(self._scan(s, deadline, errors))
-        fenced = builtin.fenced(s.cluster, s.instance.podName)
+        fenced = self.state.fenced or builtin.fenced(s.cluster, s.instance.podName)
         facts, queries = None, b""
         if fenced:
             log.event(_logger, "metrics collection skipped due to fencing", logging.DEBUG)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+from instance_manager import log
+from instance_manager.errors import NoWALSpaceError
 from instance_manager.process import spawn
 from instance_manager.settings import Settings
 
@@ -27,3 +31,17 @@ async def read(settings: Settings, timeout: float = 10.0) -> tuple[dict[str, str
         timeout=timeout,
     )
     return parse(out), out
+
+
+async def check_wal_space(settings: Settings) -> tuple[int, bool]:
+    """Before a start: logs the control data; (WAL segment size, data checksums on).
+    NoWALSpaceError when pg_wal has no room for one segment."""
+    values, raw = await read(settings)
+    log.event(log.get("pg_controldata"), "postmaster start up", output=raw)
+    segment = int(values.get(SEGMENT_SIZE_KEY, "16777216"))
+    checksums = values.get(CHECKSUM_KEY, "0") != "0"
+    fs = os.statvfs(settings.pgdata / "pg_wal")
+    free = fs.f_bavail * fs.f_frsize
+    if free < segment:
+        raise NoWALSpaceError(f"no room for a WAL segment ({segment} bytes): {free} bytes free")
+    return segment, checksums

@@ -16,24 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from instance_manager import log
-from instance_manager.errors import NoWALSpaceError, PostmasterExited, SettingsError
+from instance_manager.errors import PostmasterExited, SettingsError
 from instance_manager.postgres import (
     bootstrap,
     config,
     controldata,
+    fencing,
     postmaster,
     recovery,
     roles,
     shutdown,
+    waits,
     waldir,
 )
 from instance_manager.postgres import sql as pgsql
@@ -89,6 +89,7 @@ class Lifecycle:
         self.pm: Postmaster | None = None
         self.stopped_by: shutdown.Stage | None = None
         self.reloader = Reloader(state)
+        self.fence = fencing.Fence(state)
         self._tasks: set[asyncio.Task[None]] = set()  # keeps fire-and-forget tasks alive
         self._data_checksums = False  # from pg_control; decides if wal_log_hints may be off
 
@@ -119,6 +120,16 @@ class Lifecycle:
         """Command: stop this former primary fast, then immediate; PostgreSQL starts again
         only through ``prepare_data`` (which rejoins it as a standby). Returns once down."""
         await self._command("switchover")
+
+    async def fence_on(self, reason: str) -> None:
+        """Command: fence for ``reason``; a running PostgreSQL is stopped (fast, then
+        immediate) and none starts while a reason remains. Returns once it is down."""
+        if self.fence.add(reason) and self.state.postmaster_running:
+            await self._command("fence")
+
+    def fence_off(self, reason: str) -> None:
+        """Lift ``reason``; with none left the lifecycle starts PostgreSQL again."""
+        self.fence.remove(reason)
 
     async def _command(self, name: str) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -186,7 +197,7 @@ class Lifecycle:
                 raise PostmasterExited(pm.pid, reason)
             backoff = 1.0 if ran_for > STABLE_RUN_SECONDS else backoff
             log.event(_logger, "restarting PostgreSQL after back-off", seconds=backoff)
-            await self._sleep_unless_stopped(backoff)
+            await waits.sleep_unless_set(self.stop_requested, backoff)
             backoff = min(backoff * 2, self.settings.instance.restartBackoffMax)
 
     async def _until_stop(self, starting: Coroutine[Any, Any, Postmaster]) -> Postmaster | None:
@@ -211,9 +222,12 @@ class Lifecycle:
         return None
 
     async def _start(self) -> Postmaster:
-        if self.prepare_data is not None:
+        while self.prepare_data is not None:
             self.spawned.set()  # a join takes long: the status server shows its progress
+            await self.fence.wait_lifted()
             await self.prepare_data()
+            if not self.state.fenced:
+                break
         s = self.settings
         if s.cluster.spec.bootstrap.recovery is not None and recovery.restore_needed(s):
             from instance_manager.plugins.recovery import call_restore  # gRPC only here
@@ -224,7 +238,8 @@ class Lifecycle:
             self.spawned.set()
             await bootstrap.initdb(s)
         await asyncio.to_thread(waldir.place, s)  # pg_wal onto the WAL volume, if any
-        await self._check_wal_space()
+        segment, self._data_checksums = await controldata.check_wal_space(s)
+        self.state.wal_segment_size = segment
         rendered, _ = config.write_all(
             s, self._data_checksums, self.recovery_settings(), self.managed_parameters()
         )
@@ -280,17 +295,6 @@ class Lifecycle:
             pm.signal(signal.SIGHUP)  # it may run an older configuration
         await self.reloader.confirm(self.settings)  # a failure is retried by _supervise
 
-    async def _check_wal_space(self) -> None:
-        values, raw = await controldata.read(self.settings)
-        log.event(log.get("pg_controldata"), "postmaster start up", output=raw)
-        segment = int(values.get(controldata.SEGMENT_SIZE_KEY, "16777216"))
-        self._data_checksums = values.get(controldata.CHECKSUM_KEY, "0") != "0"
-        self.state.wal_segment_size = segment
-        fs = os.statvfs(self.settings.pgdata / "pg_wal")
-        free = fs.f_bavail * fs.f_frsize
-        if free < segment:
-            raise NoWALSpaceError(f"no room for a WAL segment ({segment} bytes): {free} bytes free")
-
     async def _supervise(self, pm: Postmaster) -> str:
         """Returns 'stop', 'detach', or how the postmaster ended. Meanwhile applies reloads
         and retries a failed one when it is due."""
@@ -324,22 +328,25 @@ class Lifecycle:
                 return exit_task.result()
             if reload in done:
                 self.reload_requested.clear()
-                await self._unless_stopped(self._reload(pm))
+                await waits.unless_set(self.stop_requested, self._reload(pm))
             elif not done:  # a failed reload is due for another attempt
-                await self._unless_stopped(self._apply(pm))
+                await waits.unless_set(self.stop_requested, self._apply(pm))
 
     async def _run_command(self, pm: Postmaster, name: str, done: asyncio.Future[None]) -> bool:
-        """Carry out a role command; True when the postmaster was stopped for a switchover."""
+        """Carry out a role command; True when the postmaster was stopped (switchover, fence)."""
         try:
             if name == "promote":
                 await roles.promote(self.settings)
                 self.state.is_primary = True
+            elif name == "fence" and not self.state.fenced:
+                name = "lifted before the stop"
             else:
                 self.state.might_be_unavailable = True
                 checkpoint = self._checkpoint if self.state.is_primary else None
                 await self._close_sessions()
                 try:
-                    await roles.switchover_stop(pm, self.settings, self.escalate, checkpoint)
+                    fence = name == "fence"
+                    await roles.switchover_stop(pm, self.settings, self.escalate, checkpoint, fence)
                 finally:
                     self.session.reopen()
                 self.state.postmaster_running = pm.running
@@ -349,22 +356,7 @@ class Lifecycle:
             return False
         if not done.done():
             done.set_result(None)
-        return name == "switchover"
-
-    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work``; a stop request cancels it (a reload must not delay a stop)."""
-        task = asyncio.ensure_future(work)
-        stop = asyncio.ensure_future(self.stop_requested.wait())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task.done():
-            task.result()
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        return name in ("switchover", "fence")
 
     async def _apply(self, pm: Postmaster) -> None:
         recovery, managed = self.recovery_settings(), self.managed_parameters()
@@ -408,13 +400,6 @@ class Lifecycle:
             last_log_lines=last,
             policy=self.settings.on_postmaster_exit,
         )
-
-    async def _sleep_unless_stopped(self, seconds: float) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                await self.stop_requested.wait()
-        except TimeoutError:
-            pass
 
     async def _detach(self, pm: Postmaster) -> None:
         """Online upgrade: close our sessions and stop watching; PostgreSQL keeps running."""

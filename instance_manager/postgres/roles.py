@@ -64,9 +64,17 @@ async def switchover_stop(
     settings: Settings,
     escalate: asyncio.Event,
     checkpoint: Callable[[], Awaitable[None]] | None,
+    fencing: bool = False,
 ) -> shutdown.Stage | None:
-    log.event(_logger, "stopping the former primary for a switchover", pid=pm.pid)
+    """Fast bounded by switchoverDelay, then immediate: a switchover's or a fence's stop."""
+    start_msg = (
+        "fencing: stopping PostgreSQL"
+        if fencing
+        else "stopping the former primary for a switchover"
+    )
+    log.event(_logger, start_msg, pid=pm.pid)
     plan = switchover_plan(settings.cluster.spec.switchoverDelay)
     stage = await shutdown.stop(pm, plan, escalate, checkpoint)
-    log.event(_logger, "former primary stopped", mode=stage.name.lower() if stage else None)
+    done_msg = "fenced: PostgreSQL stopped" if fencing else "former primary stopped"
+    log.event(_logger, done_msg, mode=stage.name.lower() if stage else None)
     return stage

@@ -50,7 +50,7 @@ class WebServices:
         # Bound before PostgreSQL's launch; the start-up probes (early.py) answer on it.
         self._status_socket = status_socket
         self.checker = Checker(settings, state, session)
-        self.liveness = Liveness(settings)
+        self.liveness = Liveness(settings, state)
         self.operator = OperatorApi(
             settings,
             state,
