@@ -11,7 +11,9 @@ one step toward it, and writes this instance's report:
   which rejoins it as a standby;
 - a standby that is the target: promotion;
 - a standby whose primary_conninfo does not name the current primary: rewrite
-  override.conf and reload (PostgreSQL 15 re-reads primary_conninfo without a restart).
+  override.conf and reload (PostgreSQL 15 re-reads primary_conninfo without a restart);
+- otherwise, parameters waiting for a restart: this instance's turn in the rolling restart
+  (rolling.py). Then the local API's cache and the conditions are refreshed (cache.py).
 
 Fencing comes first in every pass: the document's ``cnpg.io/fencedInstances`` annotation
 naming this instance (or "*") fences it, its removal lifts it. The annotation is also read
