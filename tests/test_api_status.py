@@ -47,9 +47,13 @@ async def fetch_status(base: str, client: Any) -> tuple[int, Any]:
 async def test_primary_status_fields(primary: Primary) -> None:
     conninfo = primary.conninfo()
     pg(conninfo, "SELECT pg_create_physical_replication_slot('keep_me', true)")
-    pg(conninfo, "SELECT pg_switch_wal()")  # something for the archiver
+    # Something for the archiver; then wait until it caught up, so that nothing more is
+    # archived between /pg/status and the query it is compared with.
+    switched = pg(conninfo, "SELECT pg_walfile_name(pg_switch_wal())")
     wait_for(
-        lambda: pg(conninfo, "SELECT last_archived_wal FROM pg_stat_archiver"), 30, "archiving"
+        lambda: pg(conninfo, "SELECT last_archived_wal FROM pg_stat_archiver") == switched,
+        30,
+        f"{switched} to be archived",
     )
     async with serve_api(primary.settings()) as api, api.client(None) as client:
         code, status = await fetch_status(api.base, client)

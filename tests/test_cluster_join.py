@@ -52,7 +52,13 @@ def test_two_standbys_join_and_stream(three_instances: Trio) -> None:
             "pg-1",
         )
         assert shown["join"]["phase"] == "done" and shown["join"]["percent"] == 100
-        assert shown["replication"][0]["status"] == "streaming"
+
+        def receiver(url: str = url) -> str:
+            replication = json.loads(http_get(url)[1])["cluster"]["replication"] or [{}]
+            return str(replication[0].get("status"))
+
+        # The reconciler refreshes the WAL receiver's state on its next pass.
+        wait_for(lambda: receiver() == "streaming", 10, f"{name}'s WAL receiver in /pg/status")
     for name in ("pg-2", "pg-3"):
         wait_for(lambda n=name: trio.report(n).get("ready"), 30, f"{name} reported ready")
         assert trio.report(name)["role"] == "replica"

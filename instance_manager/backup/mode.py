@@ -185,6 +185,7 @@ class BackupMode:
             session.end_lsn = str(row[0])
             session.label_file = _as_bytes(row[1])
             session.spcmap_file = _as_bytes(row[2])
+            await session.close()  # its temporary slot goes with the session
             session.phase = "completed"
             log.event(_logger, "backup stopped", backup=session.backup_name, lsn=session.end_lsn)
         except Exception as exc:

@@ -96,6 +96,7 @@ class StatusReader:
                 return Reply(500, (_first_line(exc) + "\n").encode(), "text/plain")
             # An outage we caused (restart, shutdown): report what we know, with the error.
             values = values or self._base()
+            await self._identify(values)
             values["mightBeUnavailableMaskedError"] = _first_line(exc)
             values["isPrimary"] = not await asyncio.to_thread(
                 _has_standby_signal, self._settings().pgdata
@@ -128,11 +129,15 @@ class StatusReader:
         status_sql.fill(values, row[0], settings.cluster.metadata.name)
         if values["pendingRestart"]:
             await self._check_decrease(values, settings)
+        await self._identify(values)
+        values["isInstanceManagerUpgrading"] = self._upgrading()
+        return values
+
+    async def _identify(self, values: dict[str, Any]) -> None:
+        """What identifies this daemon, known whether or not PostgreSQL answers."""
         values["instanceArch"] = instance_arch()
         values["executableHash"] = await self.executable_hash()
-        values["isInstanceManagerUpgrading"] = self._upgrading()
         values["sessionID"] = self._state.session_id
-        return values
 
     async def _check_decrease(self, values: dict[str, Any], settings: Settings) -> None:
         row = await self._session.fetchone(status_sql.DECREASED_QUERY, timeout=STATUS_QUERY_TIMEOUT)
