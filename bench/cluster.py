@@ -72,6 +72,7 @@ class Side(Protocol):
     def switchover(self, leader: str, to: str) -> None: ...
     def failover(self, to: str) -> None: ...
     def log_tail(self, name: str, lines: int = 20) -> str: ...
+    def timeline(self, name: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ def measure_join(side: Side, out: Figures, scratch: Path, reference_first: bool)
     launched = time.perf_counter()
     side.start_node(standby)
     out.joins.append(wait_member_streaming(side.ports[standby], 900, 0.01) - launched)
+    out.join_timeline = side.timeline(standby)
     if not reference_first:
         settle(side)
         dirty_pages(port)

@@ -32,6 +32,7 @@ class Figures:
     basebackups: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failure: str = ""  # why the rounds stopped early, if they did
+    join_timeline: list[str] = field(default_factory=list)  # the last join, agent's log
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ def print_details(figures: Sequence[Figures]) -> None:
         }
         for label, values in samples.items():
             print(f"    {label:<38} " + " ".join(f"{v:.3f}" for v in values))
-        print(f"    failed writes per switchover       {f.failed_writes}")
+        print(f"    {'failed writes per switchover':<38} {f.failed_writes}")
+        if f.join_timeline:
+            print("    last join, the agent's messages after its launch (first of each):")
+            for entry in f.join_timeline:
+                print(f"      {entry}")
         for note in f.notes:
             print(f"    note: {note}")

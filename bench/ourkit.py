@@ -11,10 +11,12 @@ and wait until the change is done.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ class Member:
     local_port: int
     proc: subprocess.Popen[bytes] | None = None
     launches: int = 0
+    launched_wall: float = 0.0  # time.time() of the last launch
 
     @property
     def pgdata(self) -> Path:
@@ -105,6 +108,7 @@ class OurCluster:
         argv += ["--metrics-port", str(m.metrics_port), "--local-port", str(m.local_port)]
         argv += ["--plugin-socket-dir", str(m.root / "p")]
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        m.launched_wall = time.time()
         with open(m.root / f"daemon-{m.launches}.log", "wb") as out:
             m.proc = self.session.procs.popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=m.root
@@ -188,6 +192,21 @@ class OurCluster:
 
     def failover(self, to: str) -> None:
         self.command("failover", "--to", to)
+
+    def timeline(self, name: str) -> list[str]:
+        """The daemon's own log messages since its last launch, each the first time, in ms."""
+        m = self.members[name]
+        seen: dict[str, float] = {}
+        text = ""
+        with contextlib.suppress(OSError):
+            text = (m.root / f"daemon-{m.launches}.log").read_text(errors="replace")
+        for raw in text.splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                line = json.loads(raw)
+                msg = str(line["msg"])
+                if line.get("logger") != "postgres" and msg not in seen:
+                    seen[msg] = (float(line["ts"]) - m.launched_wall) * 1000
+        return [f"{at:7.0f} ms  {msg}" for msg, at in sorted(seen.items(), key=lambda kv: kv[1])]
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         m = self.members[name]

@@ -298,6 +298,11 @@ class PatroniCluster:
     def failover(self, to: str) -> None:
         self.patronictl("failover", "--candidate", to, "--force")
 
+    def timeline(self, name: str) -> list[str]:
+        """Not parsed for Patroni: its log is in the node's directory."""
+        del name
+        return []
+
     def log_tail(self, name: str, lines: int = 20) -> str:
         try:
             text = (self.nodes[name].root / "patroni.log").read_text(errors="replace")
