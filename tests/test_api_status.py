@@ -55,6 +55,10 @@ async def test_primary_status_fields(primary: Primary) -> None:
         30,
         f"{switched} to be archived",
     )
+    # Right after a switch the insert position sits on a segment boundary, where the next
+    # record (the daemon's own post-start work, say) changes pg_walfile_name(current):
+    # write a record so that both readings below name the same segment.
+    pg(conninfo, "CREATE TABLE off_the_boundary ()")
     async with serve_api(primary.settings()) as api, api.client(None) as client:
         code, status = await fetch_status(api.base, client)
     assert code == 200, status
