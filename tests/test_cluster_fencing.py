@@ -99,6 +99,17 @@ def test_fencing_one_instance_on_and_off_across_a_daemon_restart(three_instances
     wait_for(lambda: trio.report("pg-2").get("fenced") is False, 30, "pg-2 no longer fenced")
     wait_for(lambda: metric(trio.members["pg-2"], "cnpg_collector_fencing_on") == "0", 30, "0")
 
+    # A daemon killed while its PostgreSQL ran: fenced at the restart, it stops that one.
+    trio.daemons["pg-3"].kill()
+    assert postgres_runs(trio.members["pg-3"])
+    fence(trio, ["pg-3"])
+    try:
+        trio.start("pg-3").wait_log("fenced: PostgreSQL stopped")
+        wait_for(lambda: not postgres_runs(trio.members["pg-3"]), 30, "pg-3 stopped")
+    except AssertionError:
+        raise AssertionError(trio.daemons["pg-3"].tail(40)) from None
+    assert trio.daemons["pg-3"].find("PostgreSQL is accepting connections") == []
+
 
 def test_fencing_every_instance_with_a_star(three_instances: Trio) -> None:
     trio = three_instances

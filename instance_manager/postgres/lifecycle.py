@@ -224,6 +224,7 @@ class Lifecycle:
     async def _start(self) -> Postmaster:
         while self.prepare_data is not None:
             self.spawned.set()  # a join takes long: the status server shows its progress
+            await self._stop_left_running()
             await self.fence.wait_lifted()
             await self.prepare_data()
             if not self.state.fenced:
@@ -272,6 +273,14 @@ class Lifecycle:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return pm
+
+    async def _stop_left_running(self) -> None:
+        """Fenced, yet a postmaster serves PGDATA (left by a daemon that died): stop it."""
+        if not self.state.fenced:
+            return
+        pm = self._postmaster_to_stop()  # a Postmaster belongs to the loop: not in a thread
+        if pm is not None:
+            await roles.switchover_stop(pm, self.settings, self.escalate, None, True)
 
     def _is_standby(self) -> bool:
         d = self.settings.pgdata
