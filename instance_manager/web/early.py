@@ -59,12 +59,20 @@ class EarlyProbes:
 
     async def serve(self, sock: socket.socket, until: Coroutine[Any, Any, None]) -> None:
         """Answer on ``sock`` until ``until`` returns; ``sock`` itself stays open."""
-        server = await asyncio.start_server(self._handle, sock=sock.dup())
+        duplicate = sock.dup()
+        server = await asyncio.start_server(self._handle, sock=duplicate, limit=REQUEST_LIMIT)
         log.event(_logger, "start-up probes listening", port=sock.getsockname()[1])
         try:
             await until
         finally:
-            server.close()  # the duplicate descriptor; connections under way finish
+            # Stop accepting first: a connection accepted just before has its transport
+            # made in a task of its own, which a closed server would refuse (the client
+            # would see a reset). One turn of the loop lets those tasks run.
+            asyncio.get_running_loop().remove_reader(duplicate.fileno())
+            try:
+                await asyncio.sleep(0)
+            finally:
+                server.close()  # the duplicate descriptor; connections under way finish
         log.event(_logger, "start-up probes handed over to the status server")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
