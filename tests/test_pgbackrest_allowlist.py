@@ -95,6 +95,7 @@ REFUSED = [
     ("tablespace-map", "names files"),
     ("repo1-sftp-private-key-file", "names files"),
     ("exec-id", "not on the plugin's list"),
+    ("archive-push-queue-max", "not on the plugin's list"),  # drops WAL past the limit
     ("db1-path", "names files"),  # deprecated alias of pg1-path
     ("backup-cmd", "not on the plugin's list"),  # deprecated alias of repo1-host-cmd
     ("repo-path", "lacks its index"),

@@ -7,8 +7,8 @@ PostgreSQL confirmed that configuration) and decides its own turn from the same 
 - an instance with nothing pending does nothing;
 - a decrease of a hot-standby-sensitive parameter (``max_connections``, ...) goes primary
   first: the primary restarts in place (``primaryUpdateStrategy: supervised`` waits for a
-  person to restart its instance manager); a standby waits until the primary reports the new configuration applied and
-  its own pg_control shows the primary's new values;
+  person to restart its instance manager); a standby waits until the primary reports the
+  new configuration applied and its own pg_control shows the primary's new values;
 - otherwise the standbys go first, in name order: a standby restarts once every standby
   before it reports the same ``appliedSpec``, nothing pending and streaming (ready);
 - the primary goes last, once every standby did: ``supervised`` waits for a person

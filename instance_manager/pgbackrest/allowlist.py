@@ -37,7 +37,8 @@ GLOBAL = frozenset(
         "archive-mode",
         "archive-mode-check",
         "archive-push-batch-size",
-        "archive-push-queue-max",
+        # Not archive-push-queue-max: past it pgBackRest drops WAL and reports it pushed, and
+        # an Archive call must never answer OK for a segment that is not stored.
         "archive-timeout",
         # backups
         "backup-standby",
