@@ -17,18 +17,23 @@ _logger = log.get()
 
 
 async def watch(path: Path, on_change: Callable[[], None]) -> None:
+    last = await asyncio.to_thread(_fingerprint, path)
     await preload.wait()  # watchfiles is imported off the loop's thread while PostgreSQL starts
     from watchfiles import awatch
 
+    last = await _compare(path, last, on_change)  # a change while watchfiles was imported
     folder = _folder(path)
-    last = await asyncio.to_thread(_fingerprint, path)
     # step: how often the watcher thread wakes up to check for cancellation (ms).
     async for _ in awatch(folder, debounce=200, step=1000, recursive=False):
-        now = await asyncio.to_thread(_fingerprint, path)
-        if now != last:
-            last = now
-            log.event(_logger, "settings file changed", path=str(path))
-            on_change()
+        last = await _compare(path, last, on_change)
+
+
+async def _compare(path: Path, last: bytes | None, on_change: Callable[[], None]) -> bytes | None:
+    now = await asyncio.to_thread(_fingerprint, path)
+    if now != last:
+        log.event(_logger, "settings file changed", path=str(path))
+        on_change()
+    return now
 
 
 def _folder(path: Path) -> Path:

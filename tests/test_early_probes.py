@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 
 from instance_manager import settings as settings_mod
 from instance_manager.postgres.ping import Ping, select_one, socket_path
-from tests.daemon import Daemon, Instance, base_spec
+from tests.daemon import Daemon, Instance, base_spec, wait_for
 
 Start = Callable[..., Daemon]
 HANDED_OVER = "start-up probes handed over to the status server"
@@ -163,3 +164,23 @@ async def test_select_one_reads_refusals_as_the_probes_do(
     server = await answering(socket_path(settings), reply)
     async with server:
         assert await select_one(settings, 5.0) == expected
+
+
+@pytest.mark.slow
+def test_a_settings_change_during_the_start_is_applied(instance: Instance, daemons: Start) -> None:
+    """The settings watch imports watchfiles only once PostgreSQL is ready; a change made
+    while PostgreSQL starts is still seen (its fingerprint is taken before the launch)."""
+    daemon = daemons(instance)
+    daemon.wait_log("postmaster started")
+    spec = base_spec()
+    spec["postgresql"]["parameters"]["work_mem"] = "7MB"
+    instance.write_config(spec)
+    daemon.wait_log("settings file changed")
+
+    def work_mem() -> str:
+        with psycopg.connect(instance.conninfo(), autocommit=True) as conn:
+            row = conn.execute("SHOW work_mem").fetchone()
+        return str(row[0]) if row else ""
+
+    wait_for(lambda: work_mem() == "7MB", 30, "work_mem = 7MB")
+    assert daemon.stop() == 0
