@@ -39,6 +39,8 @@ def started(trio: Trio, peers_required: str) -> None:
         trio.wait_streaming("pg-1", {"pg-2", "pg-3"})
         for daemon in trio.daemons.values():
             daemon.wait_ready()
+        for name in ("pg-2", "pg-3"):  # what failover reads once their daemons are stopped
+            wait_for(lambda n=name: trio.report(n).get("ready"), 30, f"{name} reported ready")
     except AssertionError:
         raise AssertionError(trio.tails()) from None
     assert healthz(trio) == (200, "OK")
@@ -142,7 +144,11 @@ def test_isolated_primary_fences_itself_and_rejoins_as_a_standby(three_instances
             stderr=subprocess.STDOUT,
             text=True,
         )
-        wait_for(lambda: "targetPrimary: pg-2" in trio.document.read_text(), 30, "the target")
+        try:
+            wait_for(lambda: "targetPrimary: pg-2" in trio.document.read_text(), 30, "target")
+        except AssertionError:
+            failover.kill()
+            raise AssertionError(f"{failover.communicate()[0]} {trio.report('pg-2')}") from None
     out, _ = failover.communicate(timeout=180)
     assert failover.returncode == 0, out + trio.tails()
     try:

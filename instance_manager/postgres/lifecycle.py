@@ -307,6 +307,10 @@ class Lifecycle:
     async def _supervise(self, pm: Postmaster) -> str:
         """Returns 'stop', 'detach', or how the postmaster ended. Meanwhile applies reloads
         and retries a failed one when it is due."""
+        # Fenced while it was starting (fence_on sent no command then): stop it now.
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.state.fenced and await self._run_command(pm, "fence", answer):
+            return "switchover"
         while True:
             self.reloader.scheduled.clear()
             exit_task = asyncio.ensure_future(pm.wait())
