@@ -161,3 +161,18 @@ def test_isolated_primary_fences_itself_and_rejoins_as_a_standby(three_instances
     assert trio.sql("pg-2", "SELECT count(*) FROM before_isolation") == [(0,)]
     pg1 = trio.daemons["pg-1"]
     assert pg1.find("fenced: PostgreSQL stopped") and pg1.find("pg_rewind done"), pg1.tail(60)
+
+
+def test_a_primary_whose_peers_never_reported_is_not_isolated(three_instances: Trio) -> None:
+    trio = three_instances
+    trio.spec["livenessProbeTimeout"] = LIVENESS_WINDOW
+    trio.write_document()
+    daemon = trio.start("pg-1")  # pg-2 and pg-3 are never started
+    daemon.wait_ready()
+    started = time.time()
+    # Longer than the report freshness plus the liveness window, by pg-1's own report.
+    wait_for(lambda: trio.report("pg-1").get("role") == "primary", 30, "pg-1's report")
+    wait_for(lambda: report_age(trio, "pg-1") < 1 and time.time() - started > 10, 30, "10 s")
+    assert healthz(trio) == (200, "OK")
+    assert postgres_runs(trio, "pg-1")
+    assert not daemon.find("the primary is isolated: liveness fails")

@@ -1,6 +1,6 @@
 """The isolation check's pieces on real sockets and files: a peer's ``/failsafe`` answer
-(any HTTP answer counts; silence and refusals are bounded by the timeouts) and the
-freshness of the peers' reports."""
+(any HTTP answer counts; silence and refusals are bounded by the timeouts) and the age of
+the peers' reports."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from instance_manager.cluster.isolation import FRESH_SECONDS, failsafe, fresh_reports
+from instance_manager.cluster.isolation import failsafe, report_ages
 from instance_manager.settings import Peer
 from tests.daemon import free_port
 
@@ -60,9 +60,11 @@ async def test_a_closed_port_fails_at_once() -> None:
     assert why.startswith("cannot connect"), why
 
 
-def test_reports_rewritten_lately_are_fresh(tmp_path: Path) -> None:
+def test_report_ages_leave_out_peers_that_never_reported(tmp_path: Path) -> None:
     for name in ("a", "b"):
         (tmp_path / f"{name}.json").write_text("{}")
-    old = time.time() - FRESH_SECONDS - 1
-    os.utime(tmp_path / "b.json", (old, old))
-    assert fresh_reports(tmp_path, ["a", "b", "missing"], time.time()) == {"a"}
+    now = time.time()
+    os.utime(tmp_path / "b.json", (now - 60, now - 60))
+    ages = report_ages(tmp_path, ["a", "b", "missing"], now)
+    assert sorted(ages) == ["a", "b"]
+    assert ages["a"] < 5 and 59 < ages["b"] < 61

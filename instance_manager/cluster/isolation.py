@@ -6,8 +6,10 @@ reports beside it: the source counts as reachable when the document is readable 
 required peers' reports were rewritten within ``FRESH_SECONDS`` (a daemon rewrites its
 report about once a second). When it is not, every other peer's ``/failsafe`` is asked,
 bounded by ``spec.probes.liveness.isolationCheck`` (connectionTimeout, requestTimeout);
-any HTTP answer counts. ``isolationCheck.peersRequired`` sets the threshold: ``any`` (one
-peer is enough, CNPG's documentation) or ``all`` (every peer, CNPG's code).
+any HTTP answer counts. Peers that never wrote a report do not count (a cluster whose
+other instances were never started is not an isolated one).
+``isolationCheck.peersRequired`` sets the threshold: ``any`` (one peer is enough, CNPG's
+documentation) or ``all`` (every peer, CNPG's code).
 
 The outcome goes into ``InstanceState.cluster.isolation``, which ``/healthz`` answers with.
 Nobody restarts a standalone daemon on a failed liveness: once the check has failed for
@@ -79,14 +81,13 @@ def client_tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def fresh_reports(directory: Path, names: list[str], now: float) -> set[str]:
-    """The peers whose report was rewritten within FRESH_SECONDS."""
-    fresh = set()
+def report_ages(directory: Path, names: list[str], now: float) -> dict[str, float]:
+    """Seconds since each peer's report was rewritten; peers without one are left out."""
+    ages = {}
     for name in names:
         with contextlib.suppress(OSError):
-            if now - os.stat(directory / f"{name}.json").st_mtime <= FRESH_SECONDS:
-                fresh.add(name)
-    return fresh
+            ages[name] = now - os.stat(directory / f"{name}.json").st_mtime
+    return ages
 
 
 class Isolation:
@@ -130,9 +131,15 @@ class Isolation:
         """ "" when the cluster source or enough peers are reachable, else the failure."""
         s = self.lifecycle.settings
         peers = s.instance.peers or {}
-        others = sorted(n for n in peers if n != s.instance.podName)
+        names = sorted(n for n in peers if n != s.instance.podName)
+        ages = await asyncio.to_thread(report_ages, self.reports_dir, names, time.time())
+        # Peers that never reported (a cluster still forming) are not asked for, as CNPG
+        # skips the check before it ever fetched the Cluster.
+        others = sorted(ages)
+        if not others:
+            return ""
         needed = len(others) if check.peersRequired == "all" else 1
-        fresh = await asyncio.to_thread(fresh_reports, self.reports_dir, others, time.time())
+        fresh = [n for n in others if ages[n] <= FRESH_SECONDS]
         readable = await asyncio.to_thread(os.access, self.document, os.R_OK)
         if readable and len(fresh) >= needed:
             return ""
