@@ -37,6 +37,7 @@ from instance_manager.cluster.reports import Report
 from instance_manager.cluster.view import ClusterView
 from instance_manager.cluster_model import Cluster, Spec
 from instance_manager.postgres import controldata
+from instance_manager.postgres.controldata import CONTROLDATA_SETTINGS, hot_standby_values
 from instance_manager.postgres.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
@@ -44,14 +45,6 @@ if TYPE_CHECKING:
 
 _logger = log.get()
 
-# pg_controldata's names of the parameters a standby needs at least as high as the primary's.
-CONTROLDATA_SETTINGS = {
-    "max_connections setting": "max_connections",
-    "max_wal_senders setting": "max_wal_senders",
-    "max_worker_processes setting": "max_worker_processes",
-    "max_prepared_xacts setting": "max_prepared_transactions",
-    "max_locks_per_xact setting": "max_locks_per_transaction",
-}
 SENSITIVE = ", ".join(f"'{name}'" for name in CONTROLDATA_SETTINGS.values())
 # Parameters waiting for a restart, and the sensitive ones whose new value is lower.
 PENDING_SQL = f"""
@@ -81,11 +74,7 @@ def lsn(text: str | None) -> int:
 
 def received(decreased: Mapping[str, int], controldata: Mapping[str, str]) -> bool:
     """pg_control already holds the primary's new (lower) values: a standby may restart."""
-    seen = {}
-    for key, name in CONTROLDATA_SETTINGS.items():
-        value = controldata.get(key, "")
-        if value.lstrip("-").isdigit():
-            seen[name] = int(value)
+    seen = hot_standby_values(controldata)
     return all(seen.get(name, value + 1) <= value for name, value in decreased.items())
 
 

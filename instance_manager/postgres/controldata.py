@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from instance_manager import log
 from instance_manager.errors import NoWALSpaceError
@@ -12,6 +13,25 @@ from instance_manager.settings import Settings
 STATE_KEY = "Database cluster state"
 SEGMENT_SIZE_KEY = "Bytes per WAL segment"
 CHECKSUM_KEY = "Data page checksum version"  # "0": no page checksums
+# pg_controldata line -> parameter, for the hot-standby-sensitive values pg_control records
+# (a standby needs them at least as high as the primary's).
+CONTROLDATA_SETTINGS = {
+    "max_connections setting": "max_connections",
+    "max_wal_senders setting": "max_wal_senders",
+    "max_worker_processes setting": "max_worker_processes",
+    "max_prepared_xacts setting": "max_prepared_transactions",
+    "max_locks_per_xact setting": "max_locks_per_transaction",
+}
+
+
+def hot_standby_values(values: Mapping[str, str]) -> dict[str, int]:
+    """The hot-standby-sensitive settings pg_control holds, by parameter name."""
+    found = {}
+    for key, parameter in CONTROLDATA_SETTINGS.items():
+        value = values.get(key, "")
+        if value.lstrip("-").isdigit():
+            found[parameter] = int(value)
+    return found
 
 
 def parse(output: str) -> dict[str, str]:

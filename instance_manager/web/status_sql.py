@@ -11,6 +11,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from instance_manager.postgres.controldata import hot_standby_values
+
 STREAMING_REPLICATION_USER = "streaming_replica"
 # Hot-standby-sensitive settings: a standby cannot run with lower values than its primary.
 DECREASE_SENSITIVE = (
@@ -20,14 +22,6 @@ DECREASE_SENSITIVE = (
     "max_worker_processes",
     "max_locks_per_transaction",
 )
-# pg_controldata line -> parameter, for the values a standby has already received.
-CONTROLDATA_SETTINGS = {
-    "max_connections setting": "max_connections",
-    "max_wal_senders setting": "max_wal_senders",
-    "max_worker_processes setting": "max_worker_processes",
-    "max_prepared_xacts setting": "max_prepared_transactions",
-    "max_locks_per_xact setting": "max_locks_per_transaction",
-}
 
 _MICROS = "(extract(epoch FROM {0}) * 1000000)::bigint"
 
@@ -245,9 +239,5 @@ def fill(values: dict[str, Any], row: dict[str, Any], cluster: str) -> None:
 
 def all_decreases_applied(decreased: dict[str, int], controldata: dict[str, str]) -> bool:
     """On a standby: do the values already received from the primary match the new ones?"""
-    received: dict[str, int] = {}
-    for key, parameter in CONTROLDATA_SETTINGS.items():
-        value = controldata.get(key, "")
-        if value.lstrip("-").isdigit():
-            received[parameter] = int(value)
+    received = hot_standby_values(controldata)
     return all(received.get(name) == value for name, value in decreased.items())
