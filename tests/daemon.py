@@ -25,7 +25,12 @@ from typing import Any
 import yaml
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-VENV_BIN = Path(sys.executable).parent
+# The test virtualenv by its real path: in a clone in a 0700 home, .venv is a symlink to
+# /opt/instance-manager/... that the postgres account cannot follow through the home.
+VENV_BIN = Path(sys.executable).parent.resolve()
+# For a child that runs as postgres or drops root: the installed package, not the clone's
+# source tree (run it with cwd="/" so that `python -m`/`-c` does not import from the clone).
+PYTHON = str(VENV_BIN / "python")
 RUN_AS = "postgres"
 
 

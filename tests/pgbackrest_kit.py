@@ -9,7 +9,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import psycopg
 
 from instance_manager.pgbackrest import PLUGIN_NAME
 from instance_manager.plugins.connection import Channel, Plugin
-from tests.daemon import PG_BIN, Instance, base_spec, chown_tree, pg_user, wait_for
+from tests.daemon import PG_BIN, PYTHON, Instance, base_spec, chown_tree, pg_user, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -85,7 +84,7 @@ class SidecarProcess:
         }
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "instance_manager.pgbackrest", "--socket-dir",
+        return [PYTHON, "-m", "instance_manager.pgbackrest", "--socket-dir",
                 str(self.socket_dir), "--work-dir", str(self.work_dir),
                 *(f"--allow-option={name}" for name in self.allow)]  # fmt: skip
 
@@ -94,7 +93,7 @@ class SidecarProcess:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=out, stderr=subprocess.STDOUT, env=self.env(),
-                cwd=REPO_ROOT, user="postgres", group="postgres", extra_groups=[],
+                cwd="/", user="postgres", group="postgres", extra_groups=[],
             )  # fmt: skip
         started = time.monotonic()
         wait_for(lambda: self._listening(started), 30, "the pgBackRest sidecar's socket")
@@ -104,7 +103,7 @@ class SidecarProcess:
         """Start it expecting it to exit before serving: (exit status, its log lines)."""
         make_dir(self.socket_dir)
         done = subprocess.run(
-            self.argv(), capture_output=True, env=self.env() | env, cwd=REPO_ROOT, timeout=60,
+            self.argv(), capture_output=True, env=self.env() | env, cwd="/", timeout=60,
             user="postgres", group="postgres", extra_groups=[],
         )  # fmt: skip
         lines = [json.loads(raw) for raw in done.stdout.splitlines() if raw.startswith(b"{")]

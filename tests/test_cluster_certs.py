@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from instance_manager import settings as settings_mod
 from instance_manager.cluster import certs
 from instance_manager.settings import Peer
-from tests.daemon import PG_BIN, Daemon, Instance, base_spec, chown_tree, pg_user
+from tests.daemon import PG_BIN, PYTHON, Daemon, Instance, base_spec, chown_tree, pg_user
 
 AS_POSTGRES: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_groups": []}
 
@@ -50,7 +50,7 @@ def start_child(document: Path, scratch: Path, pod: str, host: str) -> subproces
     if not scratch.exists():
         scratch.mkdir()
         chown_tree(scratch)
-    argv = [sys.executable, "-c", CHILD, str(document), str(scratch), pod, host]
+    argv = [PYTHON, "-c", CHILD, str(document), str(scratch), pod, host]
     return subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,

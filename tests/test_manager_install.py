@@ -16,6 +16,7 @@ import pytest
 from instance_manager.errors import SettingsError
 from instance_manager.process import readable
 from instance_manager.wal import install
+from tests.daemon import PYTHON
 
 
 class LineServer:
@@ -136,6 +137,12 @@ def test_readability_check_names_a_path_in_a_private_home(tmp_root: Path) -> Non
     assert readable.unreadable(owner, [(str(hidden), os.R_OK | os.X_OK), ("/usr", os.R_OK)]) == [
         str(hidden)
     ]
-    assert readable.unreadable(owner, readable.needed_paths()) == []
+    # What the daemon needs, as the installed package (not this clone's tree) sees it.
+    probe = (
+        "import pwd; from instance_manager.process import readable; "
+        "print(readable.unreadable(pwd.getpwnam('postgres'), readable.needed_paths()))"
+    )
+    done = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, cwd="/")
+    assert done.stdout.strip() == "[]", done.stderr
     with pytest.raises(SettingsError, match="postgres cannot read"):
         readable.check(owner, [(str(hidden), os.R_OK)])

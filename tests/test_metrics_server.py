@@ -7,7 +7,6 @@ import asyncio
 import os
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from instance_manager.metrics.connections import APPLICATION_NAME
 from instance_manager.metrics.queries import DEFAULT_QUERIES, load_yaml
 from instance_manager.metrics.server import MetricsServer
-from tests.daemon import Instance, chown_tree
+from tests.daemon import PYTHON, Instance, chown_tree
 from tests.metrics_support import (
     ServerTask,
     parse,
@@ -257,11 +256,11 @@ def test_the_daemon_account_connects_over_the_socket_with_peer_auth(
     write_settings(pg, config)
     chown_tree(pg.root / "metrics-peer.yaml")
     result = subprocess.run(
-        ["runuser", "-u", "postgres", "--", sys.executable, "-c", EXPORT_AS_POSTGRES, str(config)],
+        ["runuser", "-u", "postgres", "--", PYTHON, "-c", EXPORT_AS_POSTGRES, str(config)],
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=REPO,
+        cwd="/",
     )
     assert result.returncode == 0, result.stderr
     e = parse(result.stdout)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from instance_manager.pgbackrest.server import PluginServer
 from instance_manager.pgbackrest.sidecar import Sidecar
 from instance_manager.plugins._gen import backup_pb2, metrics_pb2, wal_pb2
 from instance_manager.plugins.connection import Plugin
-from tests.daemon import pg_user
+from tests.daemon import PYTHON, pg_user
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,11 +201,11 @@ def test_lock_and_spool_directories_must_be_private(tmp_path: Path) -> None:
 
 
 def sidecar_exit(work_dir: Path, *extra: str, **env: str) -> tuple[int, str]:
-    argv = [sys.executable, "-m", "instance_manager.pgbackrest", "--socket-dir",
+    argv = [PYTHON, "-m", "instance_manager.pgbackrest", "--socket-dir",
             str(work_dir.parent / "sock"), "--work-dir", str(work_dir),
             "--pgbackrest", "/bin/true", *extra]  # fmt: skip
     done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        argv, capture_output=True, text=True, timeout=60, cwd="/",
         env={"PATH": "/usr/bin:/bin", **env},
     )  # fmt: skip
     return done.returncode, done.stdout + done.stderr

@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import VENV_BIN, pg_user, rmtree
+from tests.daemon import PYTHON, VENV_BIN, pg_user, rmtree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 
@@ -35,8 +34,8 @@ print(os.geteuid())
 
 
 def prepare(pgdata: Path, scratch: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-c", PREPARE, str(pgdata), str(scratch)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    argv = [PYTHON, "-c", PREPARE, str(pgdata), str(scratch)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
 
 
 def owned_dir(path: Path) -> tuple[int, int]:
