@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from instance_manager.cluster import cache, rolling
+from instance_manager.cluster.observe import Observed
 from instance_manager.cluster.reports import Report
 from instance_manager.cluster.rolling import Turn, turn
-from instance_manager.state import WalState
+from instance_manager.cluster_model import Cluster
+from instance_manager.state import InstanceState, WalState
 
 SPEC = "abc"
 NAMES = ["pg-1", "pg-2", "pg-3"]
@@ -96,3 +98,18 @@ def test_continuous_archiving_follows_the_newest_outcome() -> None:
     assert cache.archiving_error(wal) == "bucket unreachable"
     wal.archived("000000010000000000000002")
     assert cache.archiving_error(wal) == ""
+
+
+def test_an_observation_sent_before_the_reload_was_confirmed_reports_no_applied_spec() -> None:
+    """The race CI once hit: a standby's report said "new spec, nothing pending" from an
+    observation sent before its reload was confirmed, so the next standby restarted
+    before it."""
+    cluster = Cluster()
+    state = InstanceState(written_config_hash="new", loaded_config_hash="new")
+    before = Observed(role="replica", ready=True, pending_restart=False, config_hash="old")
+    assert rolling.applied_spec(before, state, cluster) == ""
+    after = Observed(role="replica", ready=True, pending_restart=True, config_hash="new")
+    assert rolling.applied_spec(after, state, cluster) == rolling.spec_hash(cluster)
+    assert rolling.applied_spec(Observed(config_hash="new"), state, cluster) == ""  # unknown
+    state.reload_failed("syntax error")
+    assert rolling.applied_spec(after, state, cluster) == ""

@@ -47,6 +47,9 @@ class Observed:
     pending_restart: bool = False
     decreased: dict[str, int] = field(default_factory=dict)  # sensitive parameters lowered
     starts: int = 0  # the postmaster start this was read from (state.postmaster_starts)
+    # The configuration PostgreSQL had confirmed loading when the query was sent: what
+    # pending_restart above was computed against.
+    config_hash: str = ""
 
 
 async def observe(lifecycle: Lifecycle) -> Observed:
@@ -54,6 +57,7 @@ async def observe(lifecycle: Lifecycle) -> Observed:
     state = lifecycle.state
     if not state.postmaster_running or state.stopping:
         return Observed()
+    config_hash = state.loaded_config_hash  # before the query: see Observed.config_hash
     row = None
     with contextlib.suppress(Exception):
         row = await lifecycle.session.fetchone(OBSERVE_QUERY, timeout=OBSERVE_TIMEOUT)
@@ -76,4 +80,5 @@ async def observe(lifecycle: Lifecycle) -> Observed:
         pending_restart=bool(data.get("pendingRestart")),
         decreased={str(k): int(v) for k, v in (data.get("decreased") or {}).items()},
         starts=state.postmaster_starts,
+        config_hash=config_hash,
     )

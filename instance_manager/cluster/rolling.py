@@ -42,6 +42,7 @@ from instance_manager.postgres.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from instance_manager.cluster.observe import Observed
+    from instance_manager.state import InstanceState
 
 _logger = log.get()
 
@@ -70,6 +71,21 @@ def lsn(text: str | None) -> int:
         return (int(high, 16) << 32) | int(low, 16) if sep else 0
     except ValueError:
         return 0
+
+
+def applied_spec(observed: Observed, state: InstanceState, cluster: Cluster) -> str:
+    """The ``appliedSpec`` to report with ``observed``, or "" while it is not known.
+
+    Only an observation sent after PostgreSQL confirmed loading the configuration we wrote
+    says whether that configuration still needs a restart: one sent earlier (its
+    ``pending_restart`` computed against the former files) would let the next standby
+    restart before this one did.
+    """
+    if observed.role == "unknown" or state.reload_error:
+        return ""
+    if not observed.config_hash or observed.config_hash != state.written_config_hash:
+        return ""
+    return spec_hash(cluster)
 
 
 def received(decreased: Mapping[str, int], controldata: Mapping[str, str]) -> bool:
@@ -170,13 +186,11 @@ class Roller:
     def report(self, report: Report, observed: Observed) -> Report:
         """``report`` with the rolling-restart fields and this instance's conditions."""
         state = self.lifecycle.state
-        confirmed = state.loaded_config_hash == state.written_config_hash
-        spec = spec_hash(self.lifecycle.settings.cluster) if confirmed else ""
         mine = dataclasses.replace(
             report,
             pendingRestart=observed.pending_restart,
             pendingRestartForDecrease=bool(observed.decreased),
-            appliedSpec=spec if observed.role != "unknown" and not state.reload_error else "",
+            appliedSpec=applied_spec(observed, state, self.lifecycle.settings.cluster),
             conditions=state.conditions.all(),
         )
         self._mine, self._starts = mine, observed.starts
