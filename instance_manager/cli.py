@@ -163,6 +163,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     current = load()
     log.setup(current.instance.podName, getattr(logging, args.log_level.upper()))
+    kube = None
+    if current.kubernetes:  # the Cluster comes from the API server: wait for it first
+        from instance_manager.kube import start
+
+        current, kube = start.fetch(current, os.environ)
     if current.instance.statusPortTLS:
         from instance_manager.web.tls import check_client_certificates
 
@@ -175,7 +180,7 @@ def run_command(args: argparse.Namespace) -> int:
     from instance_manager.supervisor import Supervisor
 
     while True:
-        supervisor = Supervisor(current, load, signals, args.config)
+        supervisor = Supervisor(current, load, signals, args.config, kube)
         code = asyncio.run(supervisor.run())
         if supervisor.reexec_argv is None:
             return code

@@ -29,6 +29,7 @@ ENV_OPTIONS = {
     "POD_NAME": "podName",
     "PGPORT": "port",
     "PLUGIN_SOCKET_DIR": "pluginSocketDir",
+    "POD_IP": "podIP",
 }
 ENV_METADATA = {"CLUSTER_NAME": "name", "NAMESPACE": "namespace"}
 # Where CloudNativePG mounts the WAL volume of spec.walStorage, and puts pg_wal in it.
@@ -94,6 +95,11 @@ class InstanceOptions(Strict, frozen=True):
     # Standalone cluster mode: every instance of the cluster by pod name (this one included).
     # None: a single instance, no cluster machinery.
     peers: dict[str, Peer] | None = None
+    # Kubernetes mode: the address the other instances reach this one at (default: the
+    # address the host name resolves to, a pod's IP), and a kubeconfig to use instead of
+    # the pod's service account.
+    podIP: str | None = None
+    kubeconfig: Path | None = None
 
     def __post_init__(self) -> None:
         if self.peers is not None:
@@ -240,6 +246,12 @@ def _fail(message: str) -> Any:
     raise SettingsError(f"invalid settings: {message}")
 
 
+def cluster_from(data: Any) -> Cluster:
+    """A Cluster from plain data (an API object); SettingsError naming a bad field."""
+    cluster: Cluster = _convert(data, Cluster, "")
+    return cluster
+
+
 def _check_wal_dir(settings: Settings) -> Settings:
     wal, pgdata = settings.wal_dir, settings.pgdata
     if wal is not None and (wal.is_relative_to(pgdata) or pgdata.is_relative_to(wal)):
@@ -279,7 +291,7 @@ def load(
     if "pgData" not in options:
         raise SettingsError("invalid settings: instance.pgData: required (--pg-data or PGDATA)")
     cluster: Cluster = _convert(document, Cluster, "")
-    for key in ("pgData", "walDir", "scratchDir", "pluginSocketDir"):
+    for key in ("pgData", "walDir", "scratchDir", "pluginSocketDir", "kubeconfig"):
         if isinstance(options.get(key), str | Path) and str(options[key]):
             options[key] = str(Path(options[key]).absolute())
     instance: InstanceOptions = _convert(options, InstanceOptions, "instance.")
@@ -292,7 +304,7 @@ def load(
     settings = Settings(
         cluster=cluster,
         instance=instance,
-        kubernetes=bool(env.get("KUBERNETES_SERVICE_HOST")),
+        kubernetes=bool(env.get("KUBERNETES_SERVICE_HOST")) or instance.kubeconfig is not None,
         pg_bin=find_pg_bin(instance.pgBin),
     )
     return _check_wal_dir(settings)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -40,6 +41,8 @@ from instance_manager.web import early
 
 if TYPE_CHECKING:
     from instance_manager.cluster.reconciler import Reconciler
+    from instance_manager.cluster.source import ClusterSource
+    from instance_manager.kube.start import Found
     from instance_manager.web.service import WebServices
 
 _logger = log.get()
@@ -58,12 +61,16 @@ class Supervisor:
         reload_settings: Callable[[], Settings],
         signals: Signals,
         config_file: Path | None = None,
+        kube: Found | None = None,
     ) -> None:
         self.settings = settings
         self.config_file = config_file
         self.state = InstanceState()
         self.signals = signals
         self.pipes = LogPipes(settings.log_dir)
+        source = self._source(settings, config_file, kube)
+        if kube is not None:
+            reload_settings = _with_cluster_of(source, reload_settings)
         self.lifecycle = Lifecycle(settings, self.state, reload_settings, self.pipes.recent)
         self.reaper = Reaper()
         self.wal_server = self._wal_server(settings)
@@ -74,14 +81,31 @@ class Supervisor:
         # Set by PUT /update: after a clean detach, cli.py re-executes this command line.
         self.reexec_argv: list[str] | None = None
         self.lifecycle.before_stop.append(self._close_web_sessions)
-        # Standalone cluster mode: peers in the document, whose reports sit beside it.
         self.reconciler: Reconciler | None = None
-        if settings.instance.peers and config_file is not None:
+        if source is not None:
             from instance_manager.cluster.reconciler import Reconciler  # cluster mode only
 
             self.reconciler = Reconciler(
-                self.lifecycle, config_file, reload_settings, self.wal_server.archiver.archive
+                self.lifecycle, source, reload_settings, self.wal_server.archiver.archive
             )
+        self.source = source
+
+    @staticmethod
+    def _source(
+        settings: Settings, config_file: Path | None, kube: Found | None
+    ) -> ClusterSource | None:
+        """Kubernetes mode: the API server. Standalone cluster mode (peers in the
+        document): the document and the reports beside it. Else None: one instance."""
+        if kube is not None:
+            from instance_manager.kube.client import Kube
+            from instance_manager.kube.source import KubeSource
+
+            return KubeSource(Kube(kube.configuration, kube.target), kube.obj, settings)
+        if settings.instance.peers and config_file is not None:
+            from instance_manager.cluster.source import FileSource
+
+            return FileSource(config_file)
+        return None
 
     def _wal_server(self, settings: Settings) -> WalServer:
         def cluster() -> Cluster:
@@ -154,6 +178,8 @@ class Supervisor:
             preloading.cancel()
             self.signals.detach(loop)
             await self.wal_backend.close()
+            if self.source is not None:
+                await self.source.close()
             if self._status_socket is not None:
                 self._status_socket.close()
         log.event(_logger, "instance manager stopped", exit_code=self.exit_code)
@@ -297,3 +323,17 @@ class Supervisor:
             raise RuntimeError("PostgreSQL is not running under this instance manager")
         self.reexec_argv = list(argv)
         self.lifecycle.request_detach()
+
+
+def _with_cluster_of(
+    source: ClusterSource | None, load: Callable[[], Settings]
+) -> Callable[[], Settings]:
+    """Kubernetes mode's settings: the instance's own options, the API server's Cluster."""
+    from instance_manager.kube.source import KubeSource
+
+    assert isinstance(source, KubeSource)
+
+    def reload() -> Settings:
+        return dataclasses.replace(load(), cluster=source.cluster())
+
+    return reload

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from instance_manager.cluster.isolation import failsafe, report_ages
+from instance_manager.cluster.isolation import failsafe
+from instance_manager.cluster.source import FileSource
 from instance_manager.settings import Peer
 from tests.daemon import free_port
 
@@ -61,10 +62,12 @@ async def test_a_closed_port_fails_at_once() -> None:
 
 
 def test_report_ages_leave_out_peers_that_never_reported(tmp_path: Path) -> None:
+    source = FileSource(tmp_path / "cluster.yaml")
+    source.directory.mkdir()
     for name in ("a", "b"):
-        (tmp_path / f"{name}.json").write_text("{}")
+        (source.directory / f"{name}.json").write_text("{}")
     now = time.time()
-    os.utime(tmp_path / "b.json", (now - 60, now - 60))
-    ages = report_ages(tmp_path, ["a", "b", "missing"], now)
+    os.utime(source.directory / "b.json", (now - 60, now - 60))
+    ages = source.report_ages(["a", "b", "missing"], now)
     assert sorted(ages) == ["a", "b"]
     assert ages["a"] < 5 and 59 < ages["b"] < 61

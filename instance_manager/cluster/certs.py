@@ -129,7 +129,7 @@ def ensure(settings: Settings, document: Path, peers: Mapping[str, Peer] | None 
     changed = [
         name
         for name in (SERVER_CA, CLIENT_CA)
-        if _write_private(directory / name, authority.pem, only_if_changed=True)
+        if write_private(directory / name, authority.pem, only_if_changed=True)
     ]
     known = peers if peers is not None else settings.instance.peers or {}
     peer = known.get(pod)
@@ -264,8 +264,8 @@ def _create_authority(directory: Path, cluster_name: str, namespace: str) -> Non
     staging = directory.with_name(f".{directory.name}.{os.getpid()}.{secrets.token_hex(4)}")
     os.mkdir(staging, 0o700)
     try:
-        _write_private(staging / CA_KEY, _key_pem(key))
-        _write_private(staging / CA_CRT, _cert_pem(_sign_authority(key, subject)))
+        write_private(staging / CA_KEY, _key_pem(key))
+        write_private(staging / CA_CRT, _cert_pem(_sign_authority(key, subject)))
         try:
             os.rename(staging, directory)  # replaces nothing but an empty directory
         except OSError as exc:
@@ -283,7 +283,7 @@ def _renew_authority(directory: Path, authority: Authority) -> Authority:
     """Re-sign the CA certificate with its own key: leaves it signed stay valid."""
     certificate = _sign_authority(authority.key, authority.certificate.subject)
     pem = _cert_pem(certificate)
-    _write_private(directory / CA_CRT, pem)
+    write_private(directory / CA_CRT, pem)
     log.event(_logger, "cluster CA renewed", directory=str(directory))
     return Authority(certificate, authority.key, pem)
 
@@ -333,8 +333,8 @@ def _ensure_leaf(
         return False
     key = _new_key()
     certificate = _issue(authority, key, common_name, names)
-    _write_private(key_path, _key_pem(key))
-    _write_private(cert_path, _cert_pem(certificate))
+    write_private(key_path, _key_pem(key))
+    write_private(cert_path, _cert_pem(certificate))
     return True
 
 
@@ -387,7 +387,7 @@ def _issue(
     return builder.sign(authority.key, hashes.SHA256())
 
 
-def _write_private(path: Path, data: bytes, only_if_changed: bool = False) -> bool:
+def write_private(path: Path, data: bytes, only_if_changed: bool = False) -> bool:
     """Replace ``path`` with ``data`` (0600) through a temporary file created exclusively
     beside it, fsync and rename. ``only_if_changed``: leave an equal file alone (its mode
     made 0600). Returns whether the file was written."""

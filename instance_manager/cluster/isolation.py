@@ -24,10 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from instance_manager import log
 from instance_manager.cluster.certs import SERVER_CA
@@ -35,6 +34,9 @@ from instance_manager.cluster_model import IsolationCheck
 from instance_manager.postgres import fencing, roles
 from instance_manager.postgres.lifecycle import Lifecycle
 from instance_manager.settings import Peer, Settings
+
+if TYPE_CHECKING:
+    from instance_manager.cluster.source import ClusterSource
 
 _logger = log.get()
 CHECK_PERIOD = 1.0
@@ -81,24 +83,14 @@ def client_tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def report_ages(directory: Path, names: list[str], now: float) -> dict[str, float]:
-    """Seconds since each peer's report was rewritten; peers without one are left out."""
-    ages = {}
-    for name in names:
-        with contextlib.suppress(OSError):
-            ages[name] = now - os.stat(directory / f"{name}.json").st_mtime
-    return ages
-
-
 class Isolation:
     """Runs the check once a CHECK_PERIOD while this instance runs as a primary (or is
     fenced because of it), and fences or unfences it."""
 
-    def __init__(self, lifecycle: Lifecycle, document: Path, reports_dir: Path) -> None:
+    def __init__(self, lifecycle: Lifecycle, source: ClusterSource) -> None:
         self.lifecycle = lifecycle
         self.state = lifecycle.state
-        self.document = document
-        self.reports_dir = reports_dir
+        self.source = source
         self.failing_since: float | None = None
 
     async def run(self) -> None:
@@ -114,7 +106,7 @@ class Isolation:
         s = self.lifecycle.settings
         spec = s.cluster.spec
         check = spec.probes.liveness.isolationCheck
-        if not check.enabled or spec.instances <= 1 or len(s.instance.peers or {}) <= 1:
+        if not check.enabled or spec.instances <= 1 or len(self.source.peers(s)) <= 1:
             return None
         if fencing.ISOLATION in self.lifecycle.fence.reasons:
             return check
@@ -130,9 +122,9 @@ class Isolation:
     async def probe(self, check: IsolationCheck) -> str:
         """ "" when the cluster source or enough peers are reachable, else the failure."""
         s = self.lifecycle.settings
-        peers = s.instance.peers or {}
+        peers = self.source.peers(s)
         names = sorted(n for n in peers if n != s.instance.podName)
-        ages = await asyncio.to_thread(report_ages, self.reports_dir, names, time.time())
+        ages = await asyncio.to_thread(self.source.report_ages, names, time.time())
         # Peers that never reported (a cluster still forming) are not asked for, as CNPG
         # skips the check before it ever fetched the Cluster.
         others = sorted(ages)
@@ -140,10 +132,10 @@ class Isolation:
             return ""
         needed = len(others) if check.peersRequired == "all" else 1
         fresh = [n for n in others if ages[n] <= FRESH_SECONDS]
-        readable = await asyncio.to_thread(os.access, self.document, os.R_OK)
-        if readable and len(fresh) >= needed:
-            return ""
         connect, request = check.connectionTimeout / 1000, check.requestTimeout / 1000
+        reachable = await self.source.reachable(connect + request)
+        if reachable and len(fresh) >= needed:
+            return ""
         tls = await asyncio.to_thread(client_tls, s)
         asks = (failsafe(peers[n], connect, request, tls) for n in others)
         answers = await asyncio.gather(*asks)

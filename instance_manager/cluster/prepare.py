@@ -22,15 +22,19 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from instance_manager import log
-from instance_manager.cluster import certs, demote, join, reports, standby
+from instance_manager.cluster import demote, join, reports, standby
 from instance_manager.cluster.observe import Observed
 from instance_manager.cluster.reports import Report
 from instance_manager.cluster.view import ClusterView
 from instance_manager.postgres import bootstrap, postmaster, roles
 from instance_manager.postgres.lifecycle import Lifecycle
 from instance_manager.settings import Peer, Settings
+
+if TYPE_CHECKING:
+    from instance_manager.cluster.source import ClusterSource
 
 _logger = log.get()
 WAIT_FIRST = 0.05
@@ -60,9 +64,8 @@ def decide(pgdata: Path, current: ClusterView) -> Action:
 class Claims:
     """This instance's claim to be the primary, kept across restarts in its own report."""
 
-    def __init__(self, directory: Path, me: str) -> None:
+    def __init__(self, previous: Report | None, me: str) -> None:
         self.me = me
-        previous = reports.read(directory, me)
         claimed = previous is not None and previous.currentPrimary == me
         self.since = previous.currentPrimaryTimestamp if previous and claimed else None
 
@@ -122,9 +125,9 @@ class Preparer:
         view: Callable[[], ClusterView],
         claims: Claims,
         archive: Callable[[Path], Awaitable[None]],
-        document: Path,
+        source: ClusterSource,
     ) -> None:
-        self.document = document
+        self.source = source
         self.lifecycle = lifecycle
         self.view = view
         self.claims = claims
@@ -134,7 +137,7 @@ class Preparer:
     async def run(self) -> None:
         s = self.lifecycle.settings
         # The cluster's TLS files, before the configuration that names them is written.
-        await asyncio.to_thread(certs.ensure, s, self.document, s.instance.peers or {})
+        await self.source.ensure_certificates(s)
         if await asyncio.to_thread(postmaster.adopt_or_clean, s) is not None:
             return
         delay, said = WAIT_FIRST, ""

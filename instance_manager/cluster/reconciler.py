@@ -1,9 +1,10 @@
 """The instance reconciler of standalone cluster mode.
 
-Fed by two sources: the shared Cluster document (each new version, from the settings
-watch) and the reports of the other instances (a watch on the reports directory, so a
-peer's promotion is seen within ~100 ms). Each pass builds the cluster view, takes at most
-one step toward it, and writes this instance's report:
+Fed by a cluster source (cluster/source.py): the shared Cluster document with the report
+files beside it, or the Kubernetes API server. It delivers each new version of the Cluster
+and the reports of the other instances (a peer's promotion is seen within ~100 ms). Each
+pass builds the cluster view, takes at most one step toward it, and writes this instance's
+report:
 
 - document changed: the configuration is applied (the lifecycle's reload);
 - a running primary that is no longer the target (or sees a newer primary): switchover
@@ -15,7 +16,7 @@ one step toward it, and writes this instance's report:
 - otherwise, parameters waiting for a restart: this instance's turn in the rolling restart
   (rolling.py). Then the local API's cache and the conditions are refreshed (cache.py).
 
-Fencing comes first in every pass: the document's ``cnpg.io/fencedInstances`` annotation
+Fencing comes first in every pass: the Cluster's ``cnpg.io/fencedInstances`` annotation
 naming this instance (or "*") fences it, its removal lifts it. The annotation is also read
 before the first start, so a fenced instance never starts PostgreSQL. The isolation check
 (cluster/isolation.py) runs beside the passes and may fence a primary itself.
@@ -34,9 +35,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from instance_manager import log
-from instance_manager.cluster import cache, prepare, promote, reports, rolling, standby, view
+from instance_manager.cluster import cache, prepare, promote, rolling, standby, view
 from instance_manager.cluster.isolation import Isolation
 from instance_manager.cluster.observe import Observed, observe
 from instance_manager.cluster.replication import Replication
@@ -46,49 +48,49 @@ from instance_manager.postgres import fencing, roles, shutdown
 from instance_manager.postgres.lifecycle import Lifecycle
 from instance_manager.settings import Settings
 
+if TYPE_CHECKING:
+    from instance_manager.cluster.source import ClusterSource
+
 _logger = log.get()
 # A pass runs at least this often: the report's LSNs and readiness stay fresh.
 REPORT_INTERVAL = 1.0
-# Watch of the reports directory: changes are delivered within about this many ms.
-WATCH_STEP_MS = 20
-WATCH_DEBOUNCE_MS = 40
+# The last report, written on the way out, gets this long.
+LAST_REPORT_TIMEOUT = 5.0
 
 
 class Reconciler:
     def __init__(
         self,
         lifecycle: Lifecycle,
-        document: Path,
+        source: ClusterSource,
         reload_settings: Callable[[], Settings],
         archive: Callable[[Path], Awaitable[None]],
     ) -> None:
         self.lifecycle = lifecycle
         self.state = lifecycle.state
-        self.document = document
-        self.reports_dir = reports.reports_dir(document)
+        self.source = source
         self._reload_settings = reload_settings
         self.cluster = lifecycle.settings.cluster
         self._document_changed = False
         self._wake = asyncio.Event()
         self._written: tuple[tuple[object, ...], float] = ((), 0.0)  # decisive fields, when
-        self.claims = prepare.Claims(self.reports_dir, lifecycle.settings.instance.podName)
-        self.preparer = prepare.Preparer(
-            lifecycle, self.current_view, self.claims, archive, document
-        )
+        me = lifecycle.settings.instance.podName
+        self.claims = prepare.Claims(source.reports([me]).get(me), me)
+        self.preparer = prepare.Preparer(lifecycle, self.current_view, self.claims, archive, source)
         self.replication = Replication(lifecycle, self.current_view)
         lifecycle.prepare_data = self.preparer.run
         lifecycle.recovery_settings = self.recovery_settings
         lifecycle.managed_parameters = self.replication.managed_parameters
         self._managed = self.replication.managed_parameters()
-        self.roll = rolling.Roller(lifecycle, document)
-        self.isolation = Isolation(lifecycle, document, self.reports_dir)
+        self.roll = rolling.Roller(lifecycle, source)
+        self.isolation = Isolation(lifecycle, source)
         self.state.cluster.enabled = True
         if fencing.annotated(self.cluster, lifecycle.settings.instance.podName):
             lifecycle.fence.add(fencing.ANNOTATION)  # before the first start
 
     # -- sources --
     def document_changed(self) -> None:
-        """The document watch and SIGHUP call this."""
+        """The source's watch (a new Cluster) and SIGHUP call this."""
         self._document_changed = True
         self._wake.set()
         self.preparer.changed.set()
@@ -99,8 +101,8 @@ class Reconciler:
 
     def current_view(self) -> ClusterView:
         s = self.lifecycle.settings
-        peers = s.instance.peers or {}
-        found = reports.read_all(self.reports_dir, sorted(peers))
+        peers = self.source.peers(s)
+        found = self.source.reports(sorted(peers))
         return view.build(self.cluster, s.instance.podName, peers, found)
 
     def recovery_settings(self) -> Mapping[str, str]:
@@ -127,14 +129,15 @@ class Reconciler:
         finally:
             for task in (watch, mirror, isolation):
                 task.cancel()
-            self._last_report()
+            await self._last_report()
 
-    def _last_report(self) -> None:
+    async def _last_report(self) -> None:
         """On the way out: not running, not ready (the claim stays for the next start)."""
+        report = dataclasses.replace(self.claims.report(Observed()), fenced=self.state.fenced)
         try:
-            report = self.claims.report(Observed())
-            reports.write(self.reports_dir, dataclasses.replace(report, fenced=self.state.fenced))
-        except OSError as exc:
+            async with asyncio.timeout(LAST_REPORT_TIMEOUT):
+                await self.source.write_report(report)
+        except (OSError, TimeoutError) as exc:
             log.event(_logger, "cannot write the report", logging.WARNING, error=str(exc))
 
     async def reconcile(self) -> None:
@@ -239,6 +242,8 @@ class Reconciler:
     async def _claim_now(self) -> None:
         await self.claims.claim(new=True)
         await self.write_report()
+        if self.claims.since is not None:
+            await self.source.promoted(self.claims.me, self.claims.since)
 
     async def write_report(self) -> None:
         s = self.lifecycle.settings
@@ -254,7 +259,7 @@ class Reconciler:
         if decisive == self._written[0] and not due:
             return
         try:
-            await asyncio.to_thread(reports.write, self.reports_dir, report)
+            await self.source.write_report(report)
             self._written = (decisive, time.monotonic())
         except OSError as exc:
             log.event(
@@ -266,35 +271,13 @@ class Reconciler:
             )
 
     async def _watch(self) -> None:
-        """The document (its directory, as config_watch does) and the reports directory,
-        with a short step: a new targetPrimary or a peer's claim is seen within ~50 ms."""
-        from watchfiles import awatch
-
-        await asyncio.to_thread(self.reports_dir.mkdir, reports.DIRECTORY_MODE, False, True)
         me = self.lifecycle.settings.instance.podName
-        folder = self.document.absolute().parent
-        last = await asyncio.to_thread(self._fingerprints, me)
-        async for _ in awatch(
-            folder,
-            self.reports_dir,
-            debounce=WATCH_DEBOUNCE_MS,
-            step=WATCH_STEP_MS,
-            recursive=False,
-        ):
-            now = await asyncio.to_thread(self._fingerprints, me)
-            if now[0] != last[0]:
-                log.event(_logger, "settings file changed", path=str(self.document))
-                self.document_changed()
-            if now[1] != last[1]:
-                self.reports_changed()
-            last = now
 
-    def _fingerprints(self, me: str) -> tuple[bytes | None, tuple[tuple[str, int], ...]]:
-        try:
-            document: bytes | None = self.document.read_bytes()
-        except OSError:
-            document = None
-        return document, reports.fingerprint(self.reports_dir, me)
+        def cluster_changed() -> None:
+            log.event(_logger, "the Cluster changed", source=self.source.description)
+            self.document_changed()
+
+        await self.source.watch(me, cluster_changed, self.reports_changed)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -22,17 +22,14 @@ update waits for every instance to be ready.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from instance_manager import log
-from instance_manager.cluster import cli
 from instance_manager.cluster.reports import Report
 from instance_manager.cluster.view import ClusterView
 from instance_manager.cluster_model import Cluster, Spec
@@ -42,6 +39,7 @@ from instance_manager.postgres.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from instance_manager.cluster.observe import Observed
+    from instance_manager.cluster.source import ClusterSource
     from instance_manager.state import InstanceState
 
 _logger = log.get()
@@ -175,9 +173,9 @@ def _primary_turn(
 class Roller:
     """This instance's part: its report's fields, and its move when its turn comes."""
 
-    def __init__(self, lifecycle: Lifecycle, document: Path) -> None:
+    def __init__(self, lifecycle: Lifecycle, source: ClusterSource) -> None:
         self.lifecycle = lifecycle
-        self.document = document
+        self.source = source
         self._mine: Report | None = None
         self._starts = -1  # the postmaster start _mine was observed in
         self._said = NOTHING
@@ -219,7 +217,8 @@ class Roller:
             self._mine = None
             await self.lifecycle.switchover_stop()
         elif move.action == "switchover":
-            await asyncio.to_thread(self._switch_to, move.target)
+            # The operator's part, done by this primary.
+            await self.source.set_target_primary(move.target)
 
     def _tell(self, move: Turn) -> None:
         self.lifecycle.state.cluster.rolling = "" if move is NOTHING else move.reason
@@ -230,10 +229,3 @@ class Roller:
                     _logger, "rolling restart", action=move.action, reason=move.reason,
                     target=move.target or None,
                 )  # fmt: skip
-
-    def _switch_to(self, target: str) -> None:
-        """primaryUpdateMethod switchover: the operator's part, done by this primary."""
-        document = cli.read_document(self.document)
-        if (document.get("status") or {}).get("targetPrimary") == target:
-            return
-        cli.write_target(self.document, document, target)

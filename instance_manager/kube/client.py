@@ -1,0 +1,209 @@
+"""The Kubernetes API client of Kubernetes mode: the only importer of kubernetes-asyncio.
+
+That library costs ~470 ms and ~35 MB, so this module is imported only when the daemon
+runs in Kubernetes mode. Configuration: the pod's service account (in-cluster:
+``KUBERNETES_SERVICE_HOST``/``PORT``, the token and CA files, whose paths
+``KUBE_TOKEN_FILE`` and ``KUBE_CA_FILE`` override) or a kubeconfig file.
+
+Every call has a deadline. Failures become two exceptions: ``ApiError`` (the API server
+answered with an error status) and ``Unreachable`` (no answer: refused, reset, timed
+out). Merge patches are sent as ``application/merge-patch+json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+GROUP, VERSION, PLURAL = "postgresql.cnpg.io", "v1", "clusters"
+TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = 10.0
+# A watch request ends after this long without an error; it is then resumed.
+WATCH_SECONDS = 240
+
+
+class KubeError(Exception):
+    status = 0
+
+
+class Unreachable(KubeError):
+    """The API server did not answer."""
+
+
+class ApiError(KubeError):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def _api_error(exc: ApiException) -> ApiError:
+    message = ""
+    try:
+        body = json.loads(exc.body or "{}")
+        message = str(body.get("message") or "") if isinstance(body, dict) else ""
+    except (ValueError, TypeError):
+        message = str(exc.body or "")[:200]
+    return ApiError(int(exc.status or 0), str(exc.reason or ""), message)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which Cluster this instance belongs to."""
+
+    namespace: str
+    name: str
+
+
+async def load_configuration(
+    env: Mapping[str, str], kubeconfig: Path | None
+) -> client.Configuration:
+    """The client configuration: a kubeconfig when given, else the service account."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(
+            config_file=str(kubeconfig), client_configuration=configuration
+        )
+        return configuration
+    try:
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration,
+            token_filename=env.get("KUBE_TOKEN_FILE") or TOKEN_FILE,
+            cert_filename=env.get("KUBE_CA_FILE") or CA_FILE,
+        )
+    except config.ConfigException as exc:
+        raise KubeError(f"cannot configure the Kubernetes client: {exc}") from None
+    return configuration
+
+
+class Kube:
+    """The calls the instance makes, each bounded by REQUEST_TIMEOUT."""
+
+    def __init__(self, configuration: client.Configuration, target: Target) -> None:
+        self.configuration = configuration
+        self.target = target
+        self._api: client.ApiClient | None = None
+
+    @property
+    def api(self) -> client.ApiClient:
+        """Made at first use, inside the event loop its HTTP session belongs to."""
+        if self._api is None:
+            self._api = client.ApiClient(self.configuration)
+        return self._api
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def coordination(self) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(self.api)
+
+    @classmethod
+    async def connect(
+        cls, target: Target, env: Mapping[str, str] = os.environ, kubeconfig: Path | None = None
+    ) -> Kube:
+        return cls(await load_configuration(env, kubeconfig), target)
+
+    async def close(self) -> None:
+        if self._api is not None:
+            api, self._api = self._api, None
+            await api.close()
+
+    async def call(
+        self, method: Any, *args: Any, timeout: float = REQUEST_TIMEOUT, **kw: Any
+    ) -> Any:
+        """``method(*args, **kw)`` with a deadline; errors as ApiError / Unreachable."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await method(*args, _request_timeout=timeout, **kw)
+        except ApiException as exc:
+            if exc.status in (None, 0):
+                raise Unreachable(str(exc.reason or "no answer")) from None
+            raise _api_error(exc) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+
+    # -- the Cluster --
+    def _cluster_args(self) -> tuple[str, str, str, str]:
+        return GROUP, VERSION, self.target.namespace, PLURAL
+
+    async def get_cluster(self, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        method = self.custom.get_namespaced_custom_object
+        found: dict[str, Any] = await self.call(
+            method, *self._cluster_args(), self.target.name, timeout=timeout
+        )
+        return found
+
+    async def patch_cluster_status(self, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A merge patch of the Cluster's status subresource."""
+        method = self.custom.patch_namespaced_custom_object_status
+        patched: dict[str, Any] = await self.call(
+            method, *self._cluster_args(), self.target.name, patch, _content_type=MERGE_PATCH
+        )
+        return patched
+
+    async def watch_cluster(self, resource_version: str) -> AsyncIterator[dict[str, Any]]:
+        """The watch events of this Cluster from ``resource_version``, until the server
+        ends the request (after about WATCH_SECONDS): ``{"type": ..., "object": ...}``."""
+        method = self.custom.list_namespaced_custom_object
+        response = await self.call(
+            method,
+            *self._cluster_args(),
+            watch=True,
+            field_selector=f"metadata.name={self.target.name}",
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS,
+            _preload_content=False,
+            timeout=WATCH_SECONDS + REQUEST_TIMEOUT,
+        )
+        try:
+            async for line in _lines(response):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    yield event
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+        finally:
+            response.release()
+
+    # -- other objects --
+    async def create_event(self, body: Mapping[str, Any]) -> None:
+        await self.call(self.core.create_namespaced_event, self.target.namespace, body)
+
+    async def get_secret(self, name: str) -> dict[str, Any]:
+        found = await self.call(self.core.read_namespaced_secret, name, self.target.namespace)
+        secret: dict[str, Any] = self.api.sanitize_for_serialization(found)
+        return secret
+
+
+async def _lines(response: Any) -> AsyncIterator[bytes]:
+    """Newline-separated records of a streamed body, whatever their length."""
+    pending = b""
+    async for chunk in response.content.iter_any():
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0:
+            line, pending = pending[:end], pending[end + 1 :]
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending
