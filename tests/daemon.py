@@ -174,6 +174,7 @@ class Daemon:
         *extra: str,
         prefix: tuple[str, ...] = (),
         program: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.inst = inst
         self.log_path = inst.root / f"daemon-{time.monotonic_ns()}.log"
@@ -206,9 +207,10 @@ class Daemon:
             *extra,
         ]
         self._out = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        environ = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        environ.update(env or {})  # e.g. Kubernetes mode's (tests/kube_cluster_kit.py)
         self.proc = subprocess.Popen(
-            argv, stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=inst.root
+            argv, stdout=self._out, stderr=subprocess.STDOUT, env=environ, cwd=inst.root
         )
 
     def lines(self) -> list[dict[str, Any]]:
