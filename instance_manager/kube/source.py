@@ -137,6 +137,7 @@ class KubeSource(ClusterSource):
 
         def status() -> dict[str, Any]:
             found: dict[str, Any] = {"instancesReportedState": {self.me: entry}}
+            found.update(self._claim(report))
             if report.role == "primary" and report.systemID:
                 found["systemID"] = report.systemID
             conditions = self._conditions(report)
@@ -155,8 +156,8 @@ class KubeSource(ClusterSource):
         await self.events.emit("SwitchoverRequested", f"rolling update: switchover to {target}")
 
     async def promoted(self, me: str, since: str) -> None:
-        await self._patch_status(lambda: {"currentPrimary": me, "currentPrimaryTimestamp": since})
-        await self.events.emit("Promoted", f"{me} is the new primary")
+        """The report written just before carried the claim (``_claim``)."""
+        await self.events.emit("Promoted", f"{me} is the new primary (since {since})")
 
     async def close(self) -> None:
         await self.kube.close()
@@ -246,6 +247,19 @@ class KubeSource(ClusterSource):
                 self._take(await self.kube.get_cluster())
             except KubeError as exc:
                 raise OSError(str(exc)) from None
+
+    def _claim(self, report: Report) -> dict[str, Any]:
+        """``currentPrimary`` and its timestamp when this instance's claim is newer than the
+        status' (a promotion, or the first primary of a new cluster)."""
+        status = self.obj.get("status") or {}
+        since = report.currentPrimaryTimestamp
+        if report.currentPrimary != self.me or not since or report.role != "primary":
+            return {}
+        if status.get("currentPrimary") == self.me:
+            return {}
+        if str(status.get("currentPrimaryTimestamp") or "") >= since:
+            return {}
+        return {"currentPrimary": self.me, "currentPrimaryTimestamp": since}
 
     def _conditions(self, report: Report) -> list[dict[str, Any]] | None:
         """The status' conditions with this primary's ones replaced, when they differ."""

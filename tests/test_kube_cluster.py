@@ -1,0 +1,62 @@
+"""Kubernetes mode on a real kube-apiserver: three instances that know each other only
+through the Cluster resource, with the test playing the operator."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.kube_cluster_kit import NAMES, KubeTrio, kube_apiserver, kube_trio, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.kube]
+__all__ = ["kube_apiserver", "kube_trio"]
+
+
+def show(trio: KubeTrio, name: str, parameter: str) -> str:
+    return str(trio.sql(name, f"SHOW {parameter}")[0][0])
+
+
+def reasons(trio: KubeTrio) -> list[str]:
+    return [str(e.get("reason")) for e in trio.api.events(trio.namespace)]
+
+
+def test_three_instances_from_the_api_follow_the_spec_and_a_switchover(
+    kube_trio: KubeTrio,
+) -> None:
+    trio = kube_trio
+    trio.wait_started()
+    # Status: every instance reported, the first primary claimed, the system identifier.
+    wait_for(lambda: trio.current_primary() == "pg-1", 30, "status.currentPrimary pg-1")
+    status = trio.cluster()["status"]
+    reported = status["instancesReportedState"]
+    assert sorted(reported) == list(NAMES)
+    assert reported["pg-1"]["isPrimary"] is True and reported["pg-2"]["isPrimary"] is False
+    assert reported["pg-2"]["ip"] == "127.0.0.1"
+    system_id = str(trio.sql("pg-1", "SELECT system_identifier FROM pg_control_system()")[0][0])
+    assert status["systemID"] == system_id
+
+    # A spec change reaches every PostgreSQL.
+    trio.patch_spec({"postgresql": {"parameters": {"work_mem": "7MB"}}})
+    for name in NAMES:
+        wait_for(lambda n=name: show(trio, n, "work_mem") == "7MB", 30, f"work_mem on {name}")
+
+    # The ContinuousArchiving condition, from the primary's archiving.
+    trio.sql("pg-1", "CREATE TABLE t (i int); SELECT pg_switch_wal()")
+
+    def archiving() -> bool:
+        conditions = trio.cluster()["status"].get("conditions") or []
+        return any(
+            c.get("type") == "ContinuousArchiving" and c.get("status") == "True" for c in conditions
+        )
+
+    wait_for(archiving, 60, "the ContinuousArchiving condition")
+
+    # A switchover: the operator names a new target primary.
+    trio.set_status(targetPrimary="pg-2")
+    wait_for(lambda: trio.current_primary() == "pg-2", 120, "pg-2 promoted")
+    wait_for(lambda: trio.report("pg-1").get("role") == "replica", 120, "pg-1 a standby")
+    trio.wait_streaming("pg-2", {"pg-1", "pg-3"})
+    trio.sql("pg-2", "INSERT INTO t VALUES (1)")
+    wait_for(lambda: "Promoted" in reasons(trio), 30, "a Promoted event")
+    assert "RoleChanged" in reasons(trio)
+    for name in NAMES:
+        assert trio.daemons[name].find("instance manager failed") == [], trio.tails()
