@@ -12,7 +12,9 @@ other instances were never started is not an isolated one).
 documentation) or ``all`` (every peer, CNPG's code).
 
 The outcome goes into ``InstanceState.cluster.isolation``, which ``/healthz`` answers with.
-Nobody restarts a standalone daemon on a failed liveness: once the check has failed for
+In Kubernetes mode the source is the API server (a GET of the Cluster) and the kubelet
+restarts a pod whose liveness fails. Nobody restarts a standalone daemon on a failed
+liveness: once the check has failed for
 ``spec.livenessProbeTimeout`` seconds the primary fences itself (PostgreSQL stopped). When
 the check passes again the fence is lifted and the lifecycle's ``prepare_data`` decides
 how PostgreSQL comes back: as a standby (pg_rewind) when another instance was promoted
@@ -165,6 +167,8 @@ class Isolation:
             log.event(
                 _logger, "the primary is isolated: liveness fails", logging.WARNING, error=error
             )
+        if self.lifecycle.settings.kubernetes:
+            return  # the kubelet restarts a pod whose liveness fails: no self-fencing
         timeout = self.lifecycle.settings.cluster.spec.livenessProbeTimeout
         window = DEFAULT_LIVENESS_TIMEOUT if timeout is None else timeout
         if not fenced and now - self.failing_since >= window:
