@@ -74,6 +74,7 @@ class Reconciler:
         self._document_changed = False
         self._wake = asyncio.Event()
         self._written: tuple[tuple[object, ...], float] = ((), 0.0)  # decisive fields, when
+        self._lease_wait = ""  # why a promotion waits for the primary Lease, as last logged
         me = lifecycle.settings.instance.podName
         self.claims = prepare.Claims(source.reports([me]).get(me), me)
         self.preparer = prepare.Preparer(lifecycle, self.current_view, self.claims, archive, source)
@@ -205,6 +206,10 @@ class Reconciler:
                     target=current.target_primary,
                 )
                 await self.lifecycle.switchover_stop()
+                await self.source.release_primary()
+                return
+            if await self._lease_lost():
+                await self.lifecycle.switchover_stop()  # it comes back through prepare_data
                 return
             await self.claims.claim()
             await self.replication.primary_step(current)
@@ -212,10 +217,13 @@ class Reconciler:
             await self.roll.step(current, self.cluster.spec)
             return
         if current.i_am_target:
+            if not await self._lease_for_promotion():
+                return
             failover = current.current_primary != current.me
             timeout = float(s.cluster.spec.switchoverDelay) + shutdown.IMMEDIATE_MIN
             await promote.promote(self.lifecycle, failover, timeout, self._claim_now)
             return
+        await self.source.release_primary()  # taken for a promotion no longer wanted
         wanted = standby.recovery_settings(s, current)
         if wanted and not standby.following(s.pgdata, wanted):
             log.event(_logger, "following the new primary", primary=current.current_primary)
@@ -225,6 +233,33 @@ class Reconciler:
             self._reapply()
             return
         await self.roll.step(current, self.cluster.spec)
+
+    async def _lease_lost(self) -> bool:
+        """Running as primary: the primary Lease (Kubernetes mode) is another instance's,
+        or could not be renewed in time. A daemon restarted under a running primary takes
+        it here; an API server that does not answer is no proof of a loss."""
+        if await self.source.acquire_primary():
+            return False
+        why = self.source.primary_lost()
+        if why:
+            log.event(
+                _logger,
+                "primary Lease lost: no longer accepting writes",
+                logging.WARNING,
+                reason=why,
+            )
+        return bool(why)
+
+    async def _lease_for_promotion(self) -> bool:
+        """The target standby holds the primary Lease; else it waits (next pass)."""
+        if await self.source.acquire_primary():
+            self._lease_wait = ""
+            return True
+        why = self.source.primary_lost() or "the primary Lease cannot be taken yet"
+        if why != self._lease_wait:
+            self._lease_wait = why
+            log.event(_logger, "not promoting yet: waiting for the primary Lease", reason=why)
+        return False
 
     def _apply_managed(self) -> None:
         """Reload when synchronous_standby_names should change (standbys came or went)."""
@@ -274,7 +309,7 @@ class Reconciler:
         me = self.lifecycle.settings.instance.podName
 
         def cluster_changed() -> None:
-            log.event(_logger, "the Cluster changed", source=self.source.description)
+            log.event(_logger, self.source.changed_message, source=self.source.description)
             self.document_changed()
 
         await self.source.watch(me, cluster_changed, self.reports_changed)

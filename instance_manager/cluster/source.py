@@ -37,6 +37,8 @@ class ClusterSource(abc.ABC):
 
     #: Named in logs and in the isolation check's message.
     description: str = ""
+    #: Logged when a new version of the Cluster arrives.
+    changed_message: str = "the Cluster changed"
 
     @abc.abstractmethod
     def peers(self, settings: Settings) -> Mapping[str, Peer]:
@@ -73,6 +75,21 @@ class ClusterSource(abc.ABC):
     async def ensure_certificates(self, settings: Settings) -> bool:
         """This instance's TLS files in place; True when a file changed."""
 
+    async def acquire_primary(self) -> bool:
+        """One attempt to take the primary Lease (Kubernetes mode); True once held. This
+        instance promotes, or starts PostgreSQL as primary, only while it holds it."""
+        return True
+
+    async def release_primary(self) -> None:  # noqa: B027 - optional
+        """Give the primary Lease up if this instance holds it (a clean exit, a
+        switchover): another instance may then take it at once."""
+
+    def primary_lost(self) -> str:
+        """Why this instance may not go on as primary (the Lease is another instance's,
+        or could not be renewed in time), or "". The source wakes the reconciler (as a
+        report change does) when the Lease is lost."""
+        return ""
+
     async def close(self) -> None:  # noqa: B027 - optional
         """Release connections (at the daemon's exit)."""
 
@@ -84,6 +101,7 @@ class FileSource(ClusterSource):
         self.document = document
         self.directory = reports.reports_dir(document)
         self.description = f"the Cluster document {document}"
+        self.changed_message = "settings file changed"  # as in single-instance mode
 
     def peers(self, settings: Settings) -> Mapping[str, Peer]:
         return settings.instance.peers or {}
