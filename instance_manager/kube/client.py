@@ -84,6 +84,7 @@ async def load_configuration(
             client_configuration=configuration,
             token_filename=env.get("KUBE_TOKEN_FILE") or TOKEN_FILE,
             cert_filename=env.get("KUBE_CA_FILE") or CA_FILE,
+            environ=env,  # KUBERNETES_SERVICE_HOST/PORT
         )
     except config.ConfigException as exc:
         raise KubeError(f"cannot configure the Kubernetes client: {exc}") from None
@@ -176,6 +177,8 @@ class Kube:
             _preload_content=False,
             timeout=WATCH_SECONDS + REQUEST_TIMEOUT,
         )
+        if not 200 <= response.status < 300:  # unread content: the library did not check
+            raise await _refusal(response)
         try:
             async for line in _lines(response):
                 event = json.loads(line)
@@ -194,6 +197,21 @@ class Kube:
         found = await self.call(self.core.read_namespaced_secret, name, self.target.namespace)
         secret: dict[str, Any] = self.api.sanitize_for_serialization(found)
         return secret
+
+
+async def _refusal(response: Any) -> ApiError:
+    """The error a streamed request was answered with (its body is a Status)."""
+    body = b""
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            body = await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    finally:
+        response.release()
+    exc = ApiException(status=response.status, reason=response.reason)
+    exc.body = body
+    return _api_error(exc)
 
 
 async def _lines(response: Any) -> AsyncIterator[bytes]:

@@ -192,23 +192,27 @@ class KubeSource(ClusterSource):
     async def watch(self, me: str, cluster_changed: Notify, reports_changed: Notify) -> None:
         self._notify = (cluster_changed, reports_changed)
         version, delay, said = version_of(self.obj), BACKOFF_FIRST, ""
+        expired = False  # a 410: read the Cluster again before the next watch
         while True:
             try:
+                if expired:
+                    version, expired = await self._relist(), False
                 async for event in self.kube.watch_cluster(version):
                     version = self._event(event, version)
                     delay, said = BACKOFF_FIRST, ""
+                continue
             except ApiError as exc:
-                if exc.status != 410:
-                    raise
-                version = await self._relist()
+                if exc.status == 410:
+                    expired = True
+                    continue
+                what, problem = "the Cluster watch failed; retrying", str(exc)
             except Unreachable as exc:
-                if str(exc) != said:
-                    said = str(exc)
-                    log.event(
-                        _logger, "API server unreachable; retrying", logging.WARNING, error=said
-                    )
-                await asyncio.sleep(delay)  # back-off before the next attempt
-                delay = min(delay * 2, BACKOFF_MAX)
+                what, problem = "API server unreachable; retrying", str(exc)
+            if problem != said:
+                said = problem
+                log.event(_logger, what, logging.WARNING, error=said)
+            await asyncio.sleep(delay)  # back-off before the next attempt
+            delay = min(delay * 2, BACKOFF_MAX)
 
     # -- helpers --
     def _event(self, event: Mapping[str, Any], version: str) -> str:
