@@ -314,6 +314,25 @@ class ReplicationSlots(Strict, frozen=True):
     synchronizeReplicas: SynchronizeReplicas = field(default_factory=SynchronizeReplicas)
 
 
+class PrimaryLease(Strict, frozen=True):
+    """Timings of the primary Lease of Kubernetes mode (kube/lease.py), in seconds:
+    CloudNativePG 1.30's ``.spec.primaryLease`` and its defaults."""
+
+    leaseDurationSeconds: Positive = 15  # a held lease unchanged this long may be taken
+    renewDeadlineSeconds: Positive = 10  # the holder gives up after failing this long
+    retryPeriodSeconds: Positive = 2  # between renewals and acquisition attempts
+    releasedLeaseDurationSeconds: Positive = 1  # written when released on a clean exit
+
+    def __post_init__(self) -> None:
+        if not (self.leaseDurationSeconds > self.renewDeadlineSeconds > self.retryPeriodSeconds):
+            raise ValueError(
+                "leaseDurationSeconds must be greater than renewDeadlineSeconds, "
+                "and that greater than retryPeriodSeconds"
+            )
+        if self.releasedLeaseDurationSeconds >= self.leaseDurationSeconds:
+            raise ValueError("releasedLeaseDurationSeconds must be lower than leaseDurationSeconds")
+
+
 class Spec(Strict, frozen=True):
     instances: Positive = 1
     postgresql: PostgresConfiguration = field(default_factory=PostgresConfiguration)
@@ -355,6 +374,7 @@ class Spec(Strict, frozen=True):
     postgresUID: int | None = None
     postgresGID: int | None = None
     enablePDB: bool | None = None
+    primaryLease: PrimaryLease | None = None  # Kubernetes mode: None = the defaults
 
     def __post_init__(self) -> None:
         # A recovery source's plugin is named in the block a restore writes into

@@ -52,6 +52,8 @@ METRICS_START_DELAY = 0.5
 # PRELOAD_WAIT s after its launch.
 PRELOAD = ("instance_manager.web.service", "watchfiles")
 PRELOAD_WAIT = 2.0
+# Kubernetes mode: the primary Lease's release at the exit gets this long.
+LEASE_RELEASE_TIMEOUT = 5.0
 
 
 class Supervisor:
@@ -179,11 +181,25 @@ class Supervisor:
             self.signals.detach(loop)
             await self.wal_backend.close()
             if self.source is not None:
+                await self._release_primary()
                 await self.source.close()
             if self._status_socket is not None:
                 self._status_socket.close()
         log.event(_logger, "instance manager stopped", exit_code=self.exit_code)
         return self.exit_code
+
+    async def _release_primary(self) -> None:
+        """On the way out, PostgreSQL down and its WAL archived: the primary Lease, so that a
+        standby promotes without waiting for it to expire. Not on a detach (PUT /update):
+        PostgreSQL keeps running, and the next daemon adopts the lease."""
+        assert self.source is not None
+        if self.lifecycle.detach_requested.is_set() or self.state.postmaster_running:
+            return
+        try:
+            async with asyncio.timeout(LEASE_RELEASE_TIMEOUT):
+                await self.source.release_primary()
+        except TimeoutError:
+            log.event(_logger, "the primary Lease was not released in time", logging.WARNING)
 
     @staticmethod
     async def _first(event_wait: Coroutine[Any, Any, Any], task: asyncio.Task[None]) -> None:

@@ -12,6 +12,9 @@ The lifecycle calls ``Preparer.run`` before each start. It decides from the clus
   no other instance claims to be primary. When another one does, rejoin as its standby
   (archive the ready WAL, pg_rewind, or a re-clone). Otherwise wait: a former primary
   never starts as primary while the switchover it is part of is not finished.
+
+In Kubernetes mode a start as primary (an initdb too) also waits until this instance
+holds the primary Lease (kube/lease.py).
 """
 
 from __future__ import annotations
@@ -148,12 +151,16 @@ class Preparer:
             if action is Action.START:
                 if roles.is_standby(s.pgdata):
                     self.claims.drop()
-                return
+                    return
+                if await self.source.acquire_primary():  # a primary, or initdb
+                    return
             # An outage on purpose: the startup probe skips, /pg/status shows the progress.
             self.lifecycle.state.might_be_unavailable = True
-            if action is not Action.WAIT and await self._try(action, current):
+            if action in (Action.JOIN, Action.DEMOTE) and await self._try(action, current):
                 return
             why = f"{action.value}: primary {current.current_primary or 'unknown'}"
+            if action is Action.START:
+                why = f"start as primary: {self.source.primary_lost() or 'no primary Lease'}"
             if why != said:
                 said = why
                 log.event(_logger, "waiting before starting PostgreSQL", reason=why)

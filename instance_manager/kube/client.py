@@ -198,6 +198,30 @@ class Kube:
         secret: dict[str, Any] = self.api.sanitize_for_serialization(found)
         return secret
 
+    # -- the primary Lease (kube/lease.py) --
+    async def read_lease(self, name: str, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        method = self.coordination.read_namespaced_lease
+        found = await self.call(method, name, self.target.namespace, timeout=timeout)
+        lease: dict[str, Any] = self.api.sanitize_for_serialization(found)
+        return lease
+
+    async def create_lease(
+        self, body: Mapping[str, Any], timeout: float = REQUEST_TIMEOUT
+    ) -> dict[str, Any]:
+        method = self.coordination.create_namespaced_lease
+        found = await self.call(method, self.target.namespace, body, timeout=timeout)
+        lease: dict[str, Any] = self.api.sanitize_for_serialization(found)
+        return lease
+
+    async def replace_lease(
+        self, name: str, body: Mapping[str, Any], timeout: float = REQUEST_TIMEOUT
+    ) -> dict[str, Any]:
+        """PUT: refused with 409 when ``body``'s metadata.resourceVersion is stale."""
+        method = self.coordination.replace_namespaced_lease
+        found = await self.call(method, name, self.target.namespace, body, timeout=timeout)
+        lease: dict[str, Any] = self.api.sanitize_for_serialization(found)
+        return lease
+
 
 async def _refusal(response: Any) -> ApiError:
     """The error a streamed request was answered with (its body is a Status)."""

@@ -29,7 +29,7 @@ from instance_manager.cluster import reports
 from instance_manager.cluster.reports import Report
 from instance_manager.cluster.source import ClusterSource, Notify, age_of
 from instance_manager.cluster_model import Cluster
-from instance_manager.kube import certificates, events, model
+from instance_manager.kube import certificates, events, lease, model
 from instance_manager.kube.client import ApiError, Kube, KubeError, Unreachable
 from instance_manager.settings import Peer, Settings
 
@@ -75,6 +75,9 @@ class KubeSource(ClusterSource):
         self.events = events.Events(kube, obj)
         self._notify: tuple[Notify, Notify] | None = None
         self._role = ""
+        self.lease = lease.PrimaryLease(
+            kube, self.me, lambda: lease.timings_of(self.cluster().spec), self._lease_lost
+        )
 
     # -- the Cluster --
     def cluster(self) -> Cluster:
@@ -159,7 +162,24 @@ class KubeSource(ClusterSource):
         """The report written just before carried the claim (``_claim``)."""
         await self.events.emit("Promoted", f"{me} is the new primary (since {since})")
 
+    async def acquire_primary(self) -> bool:
+        return await self.lease.try_acquire()
+
+    async def release_primary(self) -> None:
+        try:
+            await self.lease.release()
+        except KubeError as exc:
+            log.event(_logger, "cannot release the primary Lease", logging.WARNING, error=str(exc))
+
+    def primary_lost(self) -> str:
+        return "" if self.lease.held else self.lease.lost
+
+    def _lease_lost(self, why: str) -> None:
+        if self._notify is not None:
+            self._notify[1]()  # wakes the reconciler, which stops this primary
+
     async def close(self) -> None:
+        await self.lease.close()
         await self.kube.close()
 
     async def reachable(self, timeout: float) -> bool:
