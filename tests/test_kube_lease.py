@@ -16,7 +16,7 @@ from instance_manager.cluster_model import PrimaryLease as Timings
 from instance_manager.cluster_model import Spec
 from instance_manager.kube.client import Kube, Target
 from instance_manager.kube.lease import Observation, PrimaryLease, Record, micro_time, timings_of
-from tests.kube_kit import ApiServer
+from tests.kube_kit import ApiServer, KubeApiError
 from tests.kube_kit import kube_apiserver as kube_apiserver
 
 __all__ = ["kube_apiserver"]
@@ -188,5 +188,26 @@ async def test_a_holder_that_finds_another_holder_loses_the_lease(
         assert not await one.lease.try_acquire()  # still the intruder's
         assert not await one.lease.release()  # and left alone
         assert (await spec_of(kube_apiserver, kube))["holderIdentity"] == "intruder"
+    finally:
+        await one.lease.close()
+
+
+@pytest.mark.kube
+async def test_a_holder_whose_lease_is_deleted_creates_it_again(
+    kube_apiserver: ApiServer, kube: Kube
+) -> None:
+    one = Candidate(kube, "pg-1")
+    try:
+        assert await one.lease.try_acquire()
+        await asyncio.to_thread(kube_apiserver.delete, lease_path(kube))
+
+        async def again() -> bool:
+            try:
+                return (await spec_of(kube_apiserver, kube)).get("holderIdentity") == "pg-1"
+            except KubeApiError:
+                return False
+
+        await until(again, SHORT.retryPeriodSeconds * 2 + 2, "the lease created again")
+        assert one.lease.held and one.losses == []
     finally:
         await one.lease.close()

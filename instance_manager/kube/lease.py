@@ -247,15 +247,24 @@ class PrimaryLease:
             ):
                 self._said = ""
                 return ""
-            self._lease = await self.kube.read_lease(self.name, timeout)  # 409: look again
-            record = Record.of(self._lease)
-            if record.holder != self.identity:
-                return f"the primary Lease is now held by {record.holder or 'nobody'}"
-            if await self._write(self._lease, self._renewal(record, t), timeout):
-                return ""
+            try:
+                self._lease = await self.kube.read_lease(self.name, timeout)  # 409: look again
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                self._lease = None  # deleted meanwhile: this holder creates it again
+            if self._lease is None:
+                if await self._write(None, self._claim(None, t), timeout):
+                    return ""
+            else:
+                record = Record.of(self._lease)
+                if record.holder != self.identity:
+                    return f"the primary Lease is now held by {record.holder or 'nobody'}"
+                if await self._write(self._lease, self._renewal(record, t), timeout):
+                    return ""
         except ApiError as exc:
             if exc.status == 404:
-                self._lease = None  # deleted: created again by the next renewal
+                self._lease = None  # deleted: the next renewal reads it again
             problem = str(exc)
         except KubeError as exc:
             problem = str(exc)
