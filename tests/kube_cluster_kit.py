@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.cluster_kit import NAMES, Trio
 from tests.daemon import Daemon, wait_for
@@ -48,7 +49,8 @@ class KubeTrio(Trio):
     # -- daemons --
     def start(self, name: str, *extra: str) -> Daemon:
         inst = self.members[name]
-        inst.write_config({})  # the instance's own file: its Cluster comes from the API
+        # The instance's own file: its options only (the Cluster comes from the API).
+        inst.config_file.write_text(yaml.safe_dump({"instance": dict(self.instance_options)}))
         env = {**self.api.env(), "POD_IP": "127.0.0.1"}
         daemon = Daemon(
             inst,

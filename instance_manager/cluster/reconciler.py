@@ -74,6 +74,7 @@ class Reconciler:
         self._document_changed = False
         self._wake = asyncio.Event()
         self._written: tuple[tuple[object, ...], float] = ((), 0.0)  # decisive fields, when
+        self._certificates_at = time.monotonic()  # the preparer wrote them before the start
         self._lease_wait = ""  # why a promotion waits for the primary Lease, as last logged
         me = lifecycle.settings.instance.podName
         self.claims = prepare.Claims(source.reports([me]).get(me), me)
@@ -147,6 +148,7 @@ class Reconciler:
             if self._document_changed:
                 self._document_changed = False
                 self._apply_document()
+            await self._certificates()
             current = self.current_view()
             self._show(current)
             await self._fence()
@@ -181,6 +183,20 @@ class Reconciler:
         if changed_spec:
             self.lifecycle.request_reload(new)
             self.replication.configure(new.cluster.spec.replicationSlots)
+        else:  # the status only (operator's fingerprint, architectures, certificates...)
+            self.lifecycle.use_cluster(new.cluster)
+
+    async def _certificates(self) -> None:
+        """Sources whose TLS material changes under us (Kubernetes Secrets) are asked
+        again every ``certificate_interval`` s; new files reload PostgreSQL (the status
+        and metrics ports reload theirs from the directory by themselves)."""
+        interval = self.source.certificate_interval
+        if interval is None or time.monotonic() - self._certificates_at < interval:
+            return
+        self._certificates_at = time.monotonic()
+        if await self.source.ensure_certificates(self.lifecycle.settings):
+            log.event(_logger, "certificates changed: reloading PostgreSQL")
+            self._reapply()
 
     async def _fence(self) -> None:
         """Follow the document's fencing annotation."""

@@ -39,6 +39,9 @@ class ClusterSource(abc.ABC):
     description: str = ""
     #: Logged when a new version of the Cluster arrives.
     changed_message: str = "the Cluster changed"
+    #: Seconds between two ``ensure_certificates`` of a running instance; None: only
+    #: before each start of PostgreSQL.
+    certificate_interval: float | None = None
 
     @abc.abstractmethod
     def peers(self, settings: Settings) -> Mapping[str, Peer]:

@@ -39,6 +39,9 @@ BACKOFF_MAX = 10.0
 # status keys an instance's report changes besides its own entry
 CONDITIONS = "conditions"
 CONFLICT_RETRIES = 3
+# The Secrets named in the status are read again this often (seconds): a rotation by the
+# operator reaches PostgreSQL and the status and metrics ports within about this long.
+CERTIFICATE_INTERVAL = 5.0
 
 
 def own_address(settings: Settings) -> str:
@@ -64,6 +67,8 @@ def newer(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
 
 
 class KubeSource(ClusterSource):
+    certificate_interval = CERTIFICATE_INTERVAL
+
     def __init__(self, kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
         self.kube = kube
         self.obj = obj

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import signal
 import time
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from instance_manager import log
+from instance_manager.cluster_model import Cluster
 from instance_manager.errors import PostmasterExited, SettingsError
 from instance_manager.postgres import (
     bootstrap,
@@ -111,6 +113,11 @@ class Lifecycle:
         """Apply the settings file again, or ``new`` (already loaded by the reconciler)."""
         self._new_settings = new
         self.reload_requested.set()
+
+    def use_cluster(self, cluster: Cluster) -> None:
+        """A new version of the Cluster whose spec and metadata are the running ones (its
+        status changed): readers of the settings see it; nothing is applied."""
+        self.settings = dataclasses.replace(self.settings, cluster=cluster)
 
     async def promote(self) -> None:
         """Command: promote the running standby; returns once it runs as a primary."""

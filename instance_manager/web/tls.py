@@ -40,6 +40,7 @@ SSL_VERIFY_PEER = 0x01
 # watchfiles: wait this long for a burst of changes to settle (ms), wake up this often (ms).
 WATCH_DEBOUNCE_MS = 200
 WATCH_STEP_MS = 1000
+FILES_RECHECK = 0.2  # seconds between two looks for certificate files not written yet
 
 _VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 
@@ -142,6 +143,10 @@ def _digest(*paths: Path) -> bytes:
     return h.digest()
 
 
+def _all_exist(*paths: Path) -> bool:
+    return all(path.is_file() for path in paths)
+
+
 def check_client_certificates() -> None:
     """Raise :class:`TLSUnavailable` (exit 2) unless client certificates can be requested."""
     try:
@@ -169,12 +174,26 @@ class ServerTLS:
         return server_context(self.certificate, self.key, client_certificates=True)
 
     async def start(self) -> ssl.SSLContext:
-        """Load the files (raises when they are unusable) and return the listener context."""
+        """Load the files (raises when they are unusable) and return the listener context.
+
+        Files that do not exist yet are waited for: in cluster mode they are written by
+        the cluster source (Kubernetes Secrets) while the status server starts."""
+        await self._wait_for_files()
         self._digest = await asyncio.to_thread(_digest, self.certificate, self.key)
         context = await asyncio.to_thread(self._build)
         context.sni_callback = self._switch
         self.listener = self.current = context
         return context
+
+    async def _wait_for_files(self) -> None:
+        said = False
+        while not await asyncio.to_thread(_all_exist, self.certificate, self.key):
+            if not said:
+                said = True
+                log.event(
+                    _logger, "waiting for the server certificate", certificate=str(self.certificate)
+                )
+            await asyncio.sleep(FILES_RECHECK)  # polled: the directory may not exist yet
 
     def _switch(
         self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: ssl.SSLContext
