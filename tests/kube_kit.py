@@ -40,6 +40,7 @@ __all__ = ["CRD_PATH", "ApiServer", "KubeApiError", "kube_apiserver"]
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "container" / "kube-apiserver.sh"
 CRD_FILE = REPO / "container" / "kubernetes" / "cluster-crd.yaml"
+QUORUM_CRD_FILE = REPO / "container" / "kubernetes" / "failoverquorum-crd.yaml"
 ETCD = "/usr/bin/etcd"
 BUILD_TIMEOUT = 1800.0  # a cold build takes about 5 minutes on 2 cores
 START_TIMEOUT = 90.0  # ready in ~7 s when the machine is idle; it is often not
@@ -208,17 +209,22 @@ def _answers(api: ApiServer, path: str) -> bool:
 
 
 def install_crd(servers: Servers, api: ApiServer, deadline: float) -> None:
-    """Create the Cluster CRD and wait until it is Established and its resource is served."""
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    api.create(CRD_PATH, crd)
-    path = f"{CRD_PATH}/{crd['metadata']['name']}"
+    """Create our CRDs (the Cluster's and the FailoverQuorum's) and wait until each is
+    Established and its resource is served."""
+    for crd_file in (CRD_FILE, QUORUM_CRD_FILE):
+        crd = yaml.safe_load(crd_file.read_text())
+        api.create(CRD_PATH, crd)
+        path = f"{CRD_PATH}/{crd['metadata']['name']}"
+        plural = crd["spec"]["names"]["plural"]
 
-    def established() -> bool:
-        conditions = api.get(path).get("status", {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+        def established(path: str = path) -> bool:
+            conditions = api.get(path).get("status", {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
-    servers.wait(established, "the Cluster CRD to be Established", deadline)
-    servers.wait(lambda: _answers(api, f"{GROUP_PATH}/clusters"), "clusters to be served", deadline)
+        servers.wait(established, f"the {plural} CRD to be Established", deadline)
+        servers.wait(
+            lambda p=plural: _answers(api, f"{GROUP_PATH}/{p}"), f"{plural} served", deadline
+        )
 
 
 def start(binary: str) -> tuple[Servers, ApiServer]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.kube_api import KubeApiError
 from tests.kube_cluster_kit import NAMES, KubeTrio, kube_apiserver, kube_trio, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.kube]
@@ -60,3 +61,33 @@ def test_three_instances_from_the_api_follow_the_spec_and_a_switchover(
     assert "RoleChanged" in reasons(trio)
     for name in NAMES:
         assert trio.daemons[name].find("instance manager failed") == [], trio.tails()
+
+
+def quorum(trio: KubeTrio) -> dict[str, object]:
+    path = f"/apis/postgresql.cnpg.io/v1/namespaces/{trio.namespace}/failoverquorums/trio"
+    try:
+        status: dict[str, object] = trio.api.get(path).get("status") or {}
+    except KubeApiError:
+        return {}
+    return status
+
+
+def test_the_primary_keeps_the_failover_quorum_up_to_date(kube_trio: KubeTrio) -> None:
+    trio = kube_trio
+    synchronous = {"method": "any", "number": 1, "failoverQuorum": True}
+    trio.patch_spec({"postgresql": {"synchronous": synchronous}})
+    trio.wait_started()
+    want = {"method": "ANY", "standbyNumber": 1, "primary": "pg-1"}
+    wait_for(lambda: quorum(trio).items() >= want.items(), 60, "the FailoverQuorum of pg-1")
+    # What PostgreSQL runs with, not what was asked for.
+    in_force = trio.sql("pg-1", "SHOW synchronous_standby_names")[0][0]
+    names = quorum(trio)["standbyNames"]
+    assert isinstance(names, list) and names, quorum(trio)
+    assert all(f'"{n}"' in in_force for n in names), (names, in_force)
+
+    trio.set_status(targetPrimary="pg-2")
+    wait_for(lambda: quorum(trio).get("primary") == "pg-2", 120, "the new primary's quorum")
+    in_force = trio.sql("pg-2", "SHOW synchronous_standby_names")[0][0]
+    names = quorum(trio)["standbyNames"]
+    assert isinstance(names, list) and names[0] != "pg-2", names  # healthy standbys first
+    assert all(f'"{n}"' in in_force for n in names), (names, in_force)

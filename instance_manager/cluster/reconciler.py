@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from instance_manager import log
-from instance_manager.cluster import cache, prepare, promote, rolling, standby, view
+from instance_manager.cluster import cache, prepare, promote, rolling, standby, sync, view
 from instance_manager.cluster.isolation import Isolation
 from instance_manager.cluster.observe import Observed, observe
 from instance_manager.cluster.replication import Replication
@@ -230,6 +230,7 @@ class Reconciler:
             await self.claims.claim()
             await self.replication.primary_step(current)
             self._apply_managed()
+            await self._publish_quorum()
             await self.roll.step(current, self.cluster.spec)
             return
         if current.i_am_target:
@@ -276,6 +277,14 @@ class Reconciler:
             self._lease_wait = why
             log.event(_logger, "not promoting yet: waiting for the primary Lease", reason=why)
         return False
+
+    async def _publish_quorum(self) -> None:
+        """``failoverQuorum``: the synchronous standby set in force, to the source."""
+        synchronous = self.cluster.spec.postgresql.synchronous
+        if synchronous is None or not synchronous.failoverQuorum:
+            return
+        row = await self.lifecycle.session.fetchone(sync.METADATA_QUERY)
+        await self.source.publish_quorum(str(row[0]) if row and row[0] else None)
 
     def _apply_managed(self) -> None:
         """Reload when synchronous_standby_names should change (standbys came or went)."""

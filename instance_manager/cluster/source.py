@@ -93,6 +93,11 @@ class ClusterSource(abc.ABC):
         report change does) when the Lease is lost."""
         return ""
 
+    async def publish_quorum(self, metadata: str | None) -> None:  # noqa: B027 - optional
+        """The synchronous standby set PostgreSQL runs with (its
+        ``cnpg.synchronous_standby_names_metadata``), for sources that keep a
+        FailoverQuorum (``spec.postgresql.synchronous.failoverQuorum``)."""
+
     async def close(self) -> None:  # noqa: B027 - optional
         """Release connections (at the daemon's exit)."""
 

@@ -25,6 +25,7 @@ from instance_manager.cluster_model import Spec, SynchronousReplicas
 
 SYNC_PARAMETER = "synchronous_standby_names"
 METADATA_PARAMETER = "cnpg.synchronous_standby_names_metadata"
+METADATA_QUERY = f"SELECT current_setting('{METADATA_PARAMETER}', true)"
 PLACEHOLDER_SUFFIX = "-placeholder"  # a name no standby has: the list is never empty
 
 # Go's encoding/json escapes these inside strings; the metadata matches it byte for byte.

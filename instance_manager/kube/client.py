@@ -25,6 +25,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 GROUP, VERSION, PLURAL = "postgresql.cnpg.io", "v1", "clusters"
+QUORUM_PLURAL = "failoverquorums"
 TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 MERGE_PATCH = "application/merge-patch+json"
@@ -188,6 +189,27 @@ class Kube:
             raise Unreachable(str(exc) or type(exc).__name__) from None
         finally:
             response.release()
+
+    # -- the FailoverQuorum (kube/quorum.py), named after the Cluster --
+    def _quorum_args(self) -> tuple[str, str, str, str]:
+        return GROUP, VERSION, self.target.namespace, QUORUM_PLURAL
+
+    async def get_quorum(self) -> dict[str, Any]:
+        method = self.custom.get_namespaced_custom_object
+        found: dict[str, Any] = await self.call(method, *self._quorum_args(), self.target.name)
+        return found
+
+    async def create_quorum(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        method = self.custom.create_namespaced_custom_object
+        found: dict[str, Any] = await self.call(method, *self._quorum_args(), body)
+        return found
+
+    async def patch_quorum_status(self, patch: Mapping[str, Any]) -> dict[str, Any]:
+        method = self.custom.patch_namespaced_custom_object_status
+        patched: dict[str, Any] = await self.call(
+            method, *self._quorum_args(), self.target.name, patch, _content_type=MERGE_PATCH
+        )
+        return patched
 
     # -- other objects --
     async def create_event(self, body: Mapping[str, Any]) -> None:

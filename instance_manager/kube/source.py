@@ -29,7 +29,7 @@ from instance_manager.cluster import reports
 from instance_manager.cluster.reports import Report
 from instance_manager.cluster.source import ClusterSource, Notify, age_of
 from instance_manager.cluster_model import Cluster
-from instance_manager.kube import certificates, events, lease, model
+from instance_manager.kube import certificates, events, lease, model, quorum
 from instance_manager.kube.client import ApiError, Kube, KubeError, Unreachable
 from instance_manager.settings import Peer, Settings
 
@@ -78,6 +78,7 @@ class KubeSource(ClusterSource):
         self.port = settings.instance.port
         self.status_port = settings.instance.statusPort or 8000
         self.events = events.Events(kube, obj)
+        self.quorum = quorum.Quorum(kube)
         self._notify: tuple[Notify, Notify] | None = None
         self._role = ""
         self.lease = lease.PrimaryLease(
@@ -182,6 +183,13 @@ class KubeSource(ClusterSource):
     def _lease_lost(self, why: str) -> None:
         if self._notify is not None:
             self._notify[1]()  # wakes the reconciler, which stops this primary
+
+    async def publish_quorum(self, metadata: str | None) -> None:
+        try:
+            if await self.quorum.publish(quorum.quorum_status(metadata, self.me)):
+                log.event(_logger, "failover quorum updated", metadata=metadata or None)
+        except KubeError as exc:
+            raise OSError(f"cannot update the FailoverQuorum: {exc}") from None
 
     async def close(self) -> None:
         await self.lease.close()
