@@ -91,3 +91,21 @@ def test_the_primary_keeps_the_failover_quorum_up_to_date(kube_trio: KubeTrio) -
     names = quorum(trio)["standbyNames"]
     assert isinstance(names, list) and names[0] != "pg-2", names  # healthy standbys first
     assert all(f'"{n}"' in in_force for n in names), (names, in_force)
+
+
+def test_the_fencing_annotation_on_the_cluster_stops_and_restarts_an_instance(
+    kube_trio: KubeTrio,
+) -> None:
+    trio = kube_trio
+    trio.wait_started()
+    path = trio.api.clusters_path(trio.namespace, "trio")
+    fenced = {"cnpg.io/fencedInstances": '["pg-3"]'}
+    trio.api.merge_patch(path, {"metadata": {"annotations": fenced}})
+    wait_for(lambda: trio.report("pg-3").get("fenced") is True, 60, "pg-3 reports fenced")
+    wait_for(lambda: "pg-3" not in trio.streaming_to("pg-1"), 60, "pg-3 stopped")
+    wait_for(lambda: "Fenced" in reasons(trio), 30, "a Fenced event")
+    assert trio.daemons["pg-3"].proc.poll() is None  # the daemon stays up
+    trio.api.merge_patch(path, {"metadata": {"annotations": {"cnpg.io/fencedInstances": None}}})
+    trio.wait_streaming("pg-1", {"pg-2", "pg-3"})
+    wait_for(lambda: "Unfenced" in reasons(trio), 30, "an Unfenced event")
+    assert trio.report("pg-3").get("fenced") is False

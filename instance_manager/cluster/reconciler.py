@@ -155,14 +155,19 @@ class Reconciler:
             await self._step(current)
             cache.refresh(self.state, self.cluster, current)
         except Exception as exc:
-            self.state.cluster.last_error = " ".join(str(exc).split()) or type(exc).__name__
-            log.event(
-                _logger,
-                "reconcile step failed",
-                logging.WARNING,
-                error=self.state.cluster.last_error,
-            )
+            error = " ".join(str(exc).split()) or type(exc).__name__
+            log.event(_logger, "reconcile step failed", logging.WARNING, error=error)
+            if error != self.state.cluster.last_error:  # one Event per new failure
+                await self._event("ReconcileFailed", error)
+            self.state.cluster.last_error = error
         await self.write_report()
+
+    async def _event(self, reason: str, message: str) -> None:
+        try:
+            async with asyncio.timeout(LAST_REPORT_TIMEOUT):
+                await self.source.event(reason, message, warning=True)
+        except TimeoutError:
+            log.event(_logger, "cannot emit an Event in time", logging.WARNING, reason=reason)
 
     def _apply_document(self) -> None:
         try:

@@ -93,6 +93,9 @@ class ClusterSource(abc.ABC):
         report change does) when the Lease is lost."""
         return ""
 
+    async def event(self, reason: str, message: str, warning: bool = False) -> None:  # noqa: B027
+        """Tell people (Kubernetes Events); sources without such a channel only log."""
+
     async def publish_quorum(self, metadata: str | None) -> None:  # noqa: B027 - optional
         """The synchronous standby set PostgreSQL runs with (its
         ``cnpg.synchronous_standby_names_metadata``), for sources that keep a

@@ -81,6 +81,7 @@ class KubeSource(ClusterSource):
         self.quorum = quorum.Quorum(kube)
         self._notify: tuple[Notify, Notify] | None = None
         self._role = ""
+        self._fenced: bool | None = None
         self.lease = lease.PrimaryLease(
             kube, self.me, lambda: lease.timings_of(self.cluster().spec), self._lease_lost
         )
@@ -309,11 +310,19 @@ class KubeSource(ClusterSource):
         return None if _same_conditions(current, wanted) else wanted
 
     async def _role_event(self, report: Report) -> None:
+        """Events for this instance's role and fencing changes (not for the first report)."""
+        if self._fenced is not None and report.fenced != self._fenced:
+            reason = "Fenced" if report.fenced else "Unfenced"
+            await self.events.emit(reason, f"{self.me}: PostgreSQL {reason.lower()}")
+        self._fenced = report.fenced
         if report.role == self._role or report.role == "unknown":
             return
         if self._role:
             await self.events.emit("RoleChanged", f"{self.me}: {self._role} -> {report.role}")
         self._role = report.role
+
+    async def event(self, reason: str, message: str, warning: bool = False) -> None:
+        await self.events.emit(reason, f"{self.me}: {message}", warning)
 
 
 def _entries_of(obj: Mapping[str, Any]) -> dict[str, Any]:
