@@ -254,3 +254,24 @@ def test_the_checks_catch_upward_imports_cycles_and_aiohttp() -> None:
     )
     assert any(p.startswith("postgres.lifecycle -> instance_manager.pgbackrest") for p in problems)
     assert aiohttp_outside_http(made_up) == ["backup.mode"]
+
+
+def test_standalone_modules_do_not_load_kubernetes_asyncio() -> None:
+    """Everything a standalone daemon imports at module level leaves kubernetes-asyncio out
+    (~470 ms, ~38 MB): only Kubernetes mode imports kube/client.py, inside a function."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import instance_manager.cli, instance_manager.supervisor\n"
+        "import instance_manager.cluster.reconciler, instance_manager.cluster.source\n"
+        "import instance_manager.web.service, instance_manager.metrics.server\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('kubernetes_asyncio', "
+        "'instance_manager.kube')))\n"
+        "print(','.join(loaded))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+    assert out == "", out
