@@ -5,7 +5,8 @@ The socket lives alone in a 0700 directory owned by the daemon's account, so onl
 account (the one PostgreSQL runs as) can connect. The paths a request names are handed on
 to plugin sidecars, which may run as other users: an archive source must resolve inside
 ``PGDATA/pg_wal`` (following a ``pg_wal`` symlink to a separate WAL volume) and a restore
-destination inside PGDATA or that WAL directory; anything else is refused.
+destination inside PGDATA or that WAL directory; anything else is refused. A frame that
+ends before its line feed (a client that left mid-request) is not acted on.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ class WalServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await reader.readline()
+            if not line.endswith(b"\n"):
+                return  # the client left mid-request: what arrived is not a request
             reply = await self.handle(line)
             writer.write(encode(reply))
             await writer.drain()
