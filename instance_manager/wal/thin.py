@@ -34,6 +34,8 @@ SOCKET = ""
 TIMEOUT = 0.0  # seconds; 0 = DEFAULT_TIMEOUT
 
 DEFAULT_TIMEOUT = 120.0
+# A socket timeout must fit the C clock; "inf" or 1e300 would not.
+MAX_TIMEOUT = 1e6
 USAGE = (
     "usage: manager wal-archive [--socket S] [--timeout SECONDS] PATH\n"
     "       manager wal-restore [--socket S] [--timeout SECONDS] [--rewind] NAME PATH"
@@ -107,8 +109,13 @@ def parse(argv: list[str]) -> Request:
         timeout = float(options.get("timeout", 0)) or TIMEOUT or DEFAULT_TIMEOUT
     except ValueError:
         raise ValueError(f"--timeout: not a number\n{USAGE}") from None
-    if timeout <= 0:
-        raise ValueError(f"--timeout must be positive\n{USAGE}")
+    if not 0 < timeout <= MAX_TIMEOUT:  # NaN fails the comparison as well
+        raise ValueError(f"--timeout must be positive and at most {MAX_TIMEOUT:g}\n{USAGE}")
+    for word in [*words, socket]:
+        try:
+            word.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{word!r} is not valid UTF-8\n{USAGE}") from None
     if argv[0] == "wal-archive" and len(words) == 1 and "rewind" not in options:
         return Request(socket, timeout, ["archive", absolute(words[0])])
     if argv[0] == "wal-restore" and len(words) == 2:
