@@ -4,9 +4,11 @@
   handler logs through :data:`REQUEST_LOGGER`;
 - ``listen(runner, host, port)``: binds, or raises ListenError naming the address and why;
 - :class:`ClientFaults`: a request that cannot even be parsed (a bad request line, header,
-  chunk or body length) is the client's fault. aiohttp logs it with ``logger.exception``,
-  which would make it an ``error`` line; it becomes a ``warning`` ``bad request`` line with
-  the reason, so that ``level=error`` keeps meaning that the daemon has a problem.
+  chunk or body length), or whose body aiohttp cannot decode while draining what a handler
+  left unread (``Content-Encoding: deflate`` on bytes that are not), is the client's
+  fault. aiohttp logs it with ``logger.exception``, which would make it an ``error`` line;
+  it becomes a ``warning`` ``bad request`` line with the reason, so that ``level=error``
+  keeps meaning that the daemon has a problem.
 """
 
 from __future__ import annotations
@@ -47,16 +49,16 @@ class ClientFaults(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, PAYLOAD_ERRORS):
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
             if record.levelno > logging.WARNING:
                 record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg, record.args, record.exc_info = "bad request", (), None
-            record.fields = {
-                "status": exc.code or 400,
-                "reason": one_line(exc.message or type(exc).__name__),
-                "remote": remote,
-            }
+            if isinstance(exc, HttpProcessingError):
+                status, reason = exc.code or 400, one_line(exc.message or type(exc).__name__)
+            else:
+                status, reason = 400, payload_reason(exc)
+            record.fields = {"status": status, "reason": reason, "remote": remote}
         return True
 
 
