@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -165,6 +166,7 @@ async def run(world: World, frames: list[bytes]) -> list[Sent]:
     return sent
 
 
+@pytest.mark.slow
 @settings(
     max_examples=200,
     derandomize=True,

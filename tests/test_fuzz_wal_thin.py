@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -125,6 +126,7 @@ async def scenario(world: World, argv: list[bytes]) -> tuple[int, str]:
     return code, stderr
 
 
+@pytest.mark.slow
 @settings(
     max_examples=150,
     derandomize=True,
