@@ -124,8 +124,8 @@ class RssSampler:
     stop: threading.Event
     warmup: float
     interval: float = 5.0
-    baseline: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (pod, KiB)
-    last: dict[int, int] = field(default_factory=dict)  # pid -> KiB
+    baseline: dict[int, tuple[str, int, float]] = field(default_factory=dict)  # pod, KiB, when
+    last: dict[int, tuple[int, float]] = field(default_factory=dict)  # pid -> KiB, when
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -136,17 +136,18 @@ class RssSampler:
             kib = rss_kib(pid)
             if kib is None:
                 continue
-            self.baseline.setdefault(pid, (name, kib))
-            self.last[pid] = kib
+            self.baseline.setdefault(pid, (name, kib, now))
+            self.last[pid] = (kib, now)
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
             self.sample()
 
-    def growth(self) -> list[tuple[str, int, int, int, float]]:
-        """(pod, pid, baseline KiB, last KiB, growth %) for every daemon with a baseline."""
+    def growth(self) -> list[tuple[str, int, int, int, float, float]]:
+        """(pod, pid, baseline KiB, last KiB, growth %, seconds between the two samples)
+        for every daemon with a baseline."""
         out = []
-        for pid, (name, base) in sorted(self.baseline.items()):
-            last = self.last.get(pid, base)
-            out.append((name, pid, base, last, 100.0 * (last - base) / base))
+        for pid, (name, base, since) in sorted(self.baseline.items()):
+            last, until = self.last.get(pid, (base, since))
+            out.append((name, pid, base, last, 100.0 * (last - base) / base, until - since))
         return out

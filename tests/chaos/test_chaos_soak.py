@@ -200,7 +200,8 @@ def judge(run: Run) -> None:
         ("orphaned processes", len(out["orphans"])),
     ]
     table += [
-        (f"RSS {n} pid {p} (KiB)", f"{b} -> {e} ({g:+.1f} %)") for n, p, b, e, g in out["rss"]
+        (f"RSS {n} pid {p} (KiB)", f"{b} -> {e} ({g:+.1f} %) over {t:.0f} s")
+        for n, p, b, e, g, t in out["rss"]
     ]
     print("\n" + verdict.table("chaos verdict", table), flush=True)
     print("\n".join(["chaos: heavy fault log:", *injector.events[-80:]]))
