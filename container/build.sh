@@ -13,7 +13,8 @@
 #   2. the base image: packages, the postgres account (uid/gid 26, as CloudNativePG's images);
 #   3. the image: the package's wheel and its dependencies in /opt/instance-manager/venv.
 # Python wheels of the dependencies are made on this machine with pip and kept under $CACHE;
-# the image's own pip install is offline (--no-index).
+# the image's own pip install is offline (--no-index). Delete $CACHE/rootfs-bookworm.tar to
+# start again from a new debootstrap (and so take Debian's latest updates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC="$PWD"
@@ -58,6 +59,7 @@ rootfs() {
     [ -f "$ROOTFS_TAR" ] && return
     local dir
     dir=$(mktemp -d /var/tmp/im-rootfs.XXXXXX)
+    TEMPS+=("$dir" "$ROOTFS_TAR.tmp")
     say "debootstrap --variant=minbase bookworm from $(mirror)"
     debootstrap --variant=minbase bookworm "$dir" "$(mirror)" >/dev/null
     rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
@@ -111,10 +113,11 @@ path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 path-exclude /usr/share/lintian/*'
 
-CONTAINERS=()
+CONTAINERS=() TEMPS=()
 cleanup() {
     local ctr
     for ctr in "${CONTAINERS[@]}"; do "${BUILDAH[@]}" rm "$ctr" >/dev/null 2>&1 || true; done
+    [ ${#TEMPS[@]} -eq 0 ] || rm -rf "${TEMPS[@]}"
 }
 trap cleanup EXIT
 
@@ -156,7 +159,9 @@ build_venv() {
     local venv="$CACHE/build-venv"
     if [ ! -x "$venv/bin/pip" ]; then
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "setuptools>=68" wheel
+        "$venv/bin/pip" install -q --disable-pip-version-check "setuptools>=68" wheel \
+            >"$venv.log" 2>&1 || { cat "$venv.log"; rm -rf "$venv"; exit 1; }
+        rm -f "$venv.log"
     fi
     echo "$venv"
 }
@@ -166,6 +171,7 @@ wheels() {
     # all are there, else fetched once by pip (its configured index) and kept there.
     local out=$1 src pip
     src=$(mktemp -d /var/tmp/im-src.XXXXXX)
+    TEMPS+=("$src" "$src.log")
     source_tar | tar -C "$src" -xf -
     pip="$(build_venv)/bin/pip"
     mkdir -p "$WHEELS"
@@ -202,6 +208,7 @@ app_image() {
     "${PODMAN[@]}" image exists "$IMAGE" && return
     say "image $IMAGE: the package and its dependencies as wheels"
     out=$(mktemp -d /var/tmp/im-wheels.XXXXXX)
+    TEMPS+=("$out")
     wheels "$out"
     chmod -R a+rX "$out"
     ctr=$("${BUILDAH[@]}" from --quiet --pull-never "$BASE")
@@ -242,6 +249,9 @@ prune() {
 }
 
 ensure_tools
+mkdir -p "$CACHE"
+exec 9>"$CACHE/build.lock" # one build at a time on this machine (shared caches and tags)
+flock 9
 rootfs
 base_image
 app_image

@@ -10,6 +10,8 @@ containers started on them; :class:`Podman` removes every container and volume i
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GLOBAL_OPTIONS = ("--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
 CONFIG_IN_IMAGE = "/etc/instance-manager/cluster.yaml"
 REPO_IN_IMAGE = Path("/var/lib/pgbackrest")
+# CloudNativePG runs its containers with readOnlyRootFilesystem: only the volumes are writable.
+READ_ONLY = ("--read-only", "--read-only-tmpfs=false")
 MOUNTS = {
     "data": "/var/lib/postgresql/data",
     "controller": "/controller",
@@ -104,6 +108,28 @@ class Podman:
             self("volume", "rm", "--force", name, check=False)
         self.containers.clear()
         self.volumes.clear()
+
+
+def sweep_stale(podman: Podman) -> None:
+    """Remove the containers and volumes of test sessions that died (``imtest-<pid>-...``
+    whose process is gone), before this session adds its own."""
+    ps = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
+    volumes = podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
+    for kind, names in (("container", ps), ("volume", volumes)):
+        for name in names:
+            match = re.match(r"imtest-(\d+)-", name)
+            if match and not _alive(int(match.group(1))):
+                podman(kind, "rm", "--force", name, check=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -190,14 +216,18 @@ class Pod:
     def start(self, *extra: str) -> Container:
         """The instance manager, PID 1 of its container, with the Cluster of ``inst``."""
         config = f"--volume={self.inst.config_file}:{CONFIG_IN_IMAGE}:ro"
-        options = (*self.mounts(), config)
+        options = (*self.mounts(), config, *READ_ONLY)
         return self.podman.run("pg", self.image, *self.daemon_args(), *extra, options=options)
 
     def sidecar(self) -> Container:
         """The pgBackRest plugin from the same image, another command; ready once listening."""
-        options = (*self.mounts(), "--entrypoint=instance-manager",
+        options = (*self.mounts(), *READ_ONLY, "--entrypoint=instance-manager",
                    f"--env=PGBACKREST_PG1_PORT={self.inst.pg_port}")  # fmt: skip
+        # Its work directory on the /controller volume: with a read-only root filesystem
+        # there is no writable /tmp to fall back on, and /controller/tmp (the default)
+        # appears only once the instance manager, started after the sidecar, has made it.
         container = self.podman.run("pgbackrest", self.image, "plugin", "pgbackrest",
+                                    "--work-dir", "/controller/pgbackrest-plugin",
                                     options=options)  # fmt: skip
         container.wait_log("plugin listening")
         return container

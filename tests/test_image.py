@@ -19,7 +19,16 @@ import pytest
 from instance_manager.pgbackrest import PLUGIN_NAME
 from tests.conftest import make_root
 from tests.daemon import Instance, base_spec, controldata_state, postmaster_pid, rmtree
-from tests.image_kit import REPO_IN_IMAGE, Container, Pod, Podman, build_image, timed, wait_until
+from tests.image_kit import (
+    REPO_IN_IMAGE,
+    Container,
+    Pod,
+    Podman,
+    build_image,
+    sweep_stale,
+    timed,
+    wait_until,
+)
 from tests.pgbackrest_kit import pgbackrest_spec, sql, switch_segments, wait_archived
 
 pytestmark = [pytest.mark.image, pytest.mark.slow]
@@ -28,6 +37,9 @@ VENV_BIN = "/opt/instance-manager/venv/bin"
 
 @pytest.fixture(scope="session")
 def image() -> str:
+    root = make_root()
+    sweep_stale(Podman(root, "sweep"))
+    rmtree(root)
     return build_image()
 
 
