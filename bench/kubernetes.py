@@ -32,6 +32,7 @@ from tests.daemon import (  # noqa: E402
     Daemon,
     Instance,
     base_spec,
+    bootstrap_template,
     chown_tree,
     copy_pgdata,
     kill_postgres,
@@ -53,19 +54,8 @@ def rss_mb(pid: int) -> float:
 
 
 def template(root: Path) -> Path:
-    inst = Instance(root / "template")
-    inst.root.mkdir()
-    inst.write_config(base_spec())
-    daemon = Daemon(inst)
-    try:
-        daemon.wait_ready(120)
-        daemon.wait_log("bootstrap complete")
-        if daemon.stop() != 0:
-            raise RuntimeError(daemon.tail())
-    finally:
-        daemon.kill()
-        kill_postgres(inst.pgdata)
-    return inst.pgdata
+    (root / "template").mkdir()
+    return bootstrap_template(root / "template", base_spec())
 
 
 def show_everywhere(trio: KubeTrio, value: str) -> bool:

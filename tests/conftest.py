@@ -13,6 +13,7 @@ from tests.daemon import (
     Daemon,
     Instance,
     base_spec,
+    bootstrap_template,
     chown_tree,
     copy_pgdata,
     kill_postgres,
@@ -39,17 +40,7 @@ def tmp_root() -> Iterator[Path]:
 def template_pgdata() -> Iterator[Path]:
     """A PGDATA bootstrapped by `instance-manager run`, then stopped cleanly."""
     root = make_root()
-    inst = Instance(root)
-    inst.write_config(base_spec())
-    daemon = Daemon(inst)
-    try:
-        daemon.wait_ready(120)
-        daemon.wait_log("bootstrap complete")
-        assert daemon.stop() == 0, daemon.tail()
-    finally:
-        daemon.kill()
-        kill_postgres(inst.pgdata)
-    yield inst.pgdata
+    yield bootstrap_template(root, base_spec())
     rmtree(root)
 
 

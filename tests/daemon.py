@@ -95,6 +95,22 @@ def postmaster_pid(pgdata: Path) -> int | None:
         return None
 
 
+def pid_alive(pid: int | None) -> bool:
+    """A process with that PID exists (signal 0)."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def postgres_runs(pgdata: Path) -> bool:
+    """The postmaster of ``pgdata`` (by its pidfile) is running."""
+    return pid_alive(postmaster_pid(pgdata))
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -294,3 +310,19 @@ def copy_pgdata(template: Path, dest: Path) -> None:
 
 def rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def bootstrap_template(root: Path, spec: dict[str, Any]) -> Path:
+    """A PGDATA under ``root`` bootstrapped by `instance-manager run` with ``spec``, then
+    stopped cleanly: the template tests and benchmarks copy."""
+    inst = Instance(root)
+    inst.write_config(spec)
+    daemon = Daemon(inst)
+    try:
+        daemon.wait_ready(120)
+        daemon.wait_log("bootstrap complete")
+        assert daemon.stop() == 0, daemon.tail()
+    finally:
+        daemon.kill()
+        kill_postgres(inst.pgdata)
+    return inst.pgdata

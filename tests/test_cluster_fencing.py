@@ -9,7 +9,6 @@ Once fenced, a primary answers the operator's ``/pg/archive/partial`` for real.
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ import pytest
 from tests.api_helpers import Certs, make_certs, operator_status
 from tests.cluster_kit import NAMES, Trio
 from tests.cluster_kit import three_instances as three_instances  # the fixture
-from tests.daemon import Instance, http_get, postmaster_pid, wait_for
+from tests.daemon import Instance, http_get, postgres_runs, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,17 +42,6 @@ def fence(trio: Trio, names: list[str] | None) -> None:
     trio.write_document()
 
 
-def postgres_runs(inst: Instance) -> bool:
-    pid = postmaster_pid(inst.pgdata)
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def metric(inst: Instance, name: str) -> str:
     """The value of the sample ``name``; "" until the metrics server answers."""
     status, text = http_get(f"http://127.0.0.1:{inst.metrics_port}/metrics", 5.0)
@@ -67,7 +55,7 @@ def wait_fenced(trio: Trio, name: str) -> None:
     inst = trio.members[name]
     try:
         wait_for(lambda: trio.report(name).get("fenced") is True, 30, f"{name} reports fenced")
-        wait_for(lambda: not postgres_runs(inst), 60, f"{name}'s PostgreSQL stopped")
+        wait_for(lambda: not postgres_runs(inst.pgdata), 60, f"{name}'s PostgreSQL stopped")
     except AssertionError:
         raise AssertionError(trio.tails()) from None
     assert http_get(inst.url("/readyz"))[0] == 500
@@ -81,7 +69,7 @@ def test_fencing_one_instance_on_and_off_across_a_daemon_restart(three_instances
     started(trio)
     fence(trio, ["pg-2"])
     wait_fenced(trio, "pg-2")
-    assert postgres_runs(trio.members["pg-1"]) and postgres_runs(trio.members["pg-3"])
+    assert postgres_runs(trio.members["pg-1"].pgdata) and postgres_runs(trio.members["pg-3"].pgdata)
     trio.wait_streaming("pg-1", {"pg-3"})
     assert trio.daemons["pg-2"].find("instance fenced")
 
@@ -90,7 +78,7 @@ def test_fencing_one_instance_on_and_off_across_a_daemon_restart(three_instances
     daemon = trio.start("pg-2")
     daemon.wait_log("fenced: PostgreSQL stays down")
     wait_for(lambda: http_get(trio.members["pg-2"].url("/readyz"), 1.0)[0] == 500, 30, "/readyz")
-    assert not postgres_runs(trio.members["pg-2"])
+    assert not postgres_runs(trio.members["pg-2"].pgdata)
     assert daemon.find("PostgreSQL is accepting connections") == []
 
     fence(trio, None)
@@ -101,11 +89,11 @@ def test_fencing_one_instance_on_and_off_across_a_daemon_restart(three_instances
 
     # A daemon killed while its PostgreSQL ran: fenced at the restart, it stops that one.
     trio.daemons["pg-3"].kill()
-    assert postgres_runs(trio.members["pg-3"])
+    assert postgres_runs(trio.members["pg-3"].pgdata)
     fence(trio, ["pg-3"])
     try:
         trio.start("pg-3").wait_log("fenced: PostgreSQL stopped")
-        wait_for(lambda: not postgres_runs(trio.members["pg-3"]), 30, "pg-3 stopped")
+        wait_for(lambda: not postgres_runs(trio.members["pg-3"].pgdata), 30, "pg-3 stopped")
     except AssertionError:
         raise AssertionError(trio.daemons["pg-3"].tail(40)) from None
     assert trio.daemons["pg-3"].find("PostgreSQL is accepting connections") == []
@@ -135,7 +123,7 @@ def test_invalid_annotation_fences_nobody(three_instances: Trio) -> None:
     trio.daemons["pg-2"].wait_log("settings file changed")
     fence(trio, ["pg-3"])  # a later valid one is followed: the invalid one was read
     wait_fenced(trio, "pg-3")
-    assert postgres_runs(trio.members["pg-2"])
+    assert postgres_runs(trio.members["pg-2"].pgdata)
     assert trio.report("pg-2").get("fenced") is False
 
 
@@ -177,7 +165,7 @@ def test_a_fenced_primary_archives_its_partial_segment(
     fence(trio, ["pg-1"])
     try:
         wait_for(lambda: trio.report("pg-1").get("fenced") is True, 30, "pg-1 reports fenced")
-        wait_for(lambda: not postgres_runs(trio.members["pg-1"]), 60, "pg-1 stopped")
+        wait_for(lambda: not postgres_runs(trio.members["pg-1"].pgdata), 60, "pg-1 stopped")
     except AssertionError:
         raise AssertionError(trio.tails()) from None
     status, body = post_partial(trio, "pg-1", certs)

@@ -11,7 +11,6 @@ was promoted meanwhile, else as the primary.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import time
@@ -21,7 +20,7 @@ import pytest
 
 from tests.cluster_kit import Trio
 from tests.cluster_kit import three_instances as three_instances  # the fixture
-from tests.daemon import http_get, postmaster_pid, wait_for
+from tests.daemon import http_get, postgres_runs, wait_for
 
 pytestmark = pytest.mark.slow
 LIVENESS_WINDOW = 2  # spec.livenessProbeTimeout, seconds
@@ -67,17 +66,6 @@ def report_age(trio: Trio, name: str) -> float:
     return time.time() - path.stat().st_mtime
 
 
-def postgres_runs(trio: Trio, name: str) -> bool:
-    pid = postmaster_pid(trio.members[name].pgdata)
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def wait_self_fenced(trio: Trio) -> str:
     """pg-1's liveness fails, then it fences itself; the /healthz text."""
     try:
@@ -85,7 +73,9 @@ def wait_self_fenced(trio: Trio) -> str:
         trio.daemons["pg-1"].wait_log(
             "isolated for longer than livenessProbeTimeout: fencing this primary", 30
         )
-        wait_for(lambda: not postgres_runs(trio, "pg-1"), 60, "pg-1's PostgreSQL stopped")
+        wait_for(
+            lambda: not postgres_runs(trio.members["pg-1"].pgdata), 60, "pg-1's PostgreSQL stopped"
+        )
     except AssertionError:
         raise AssertionError(trio.tails()) from None
     status, text = healthz(trio)
@@ -174,5 +164,5 @@ def test_a_primary_whose_peers_never_reported_is_not_isolated(three_instances: T
     wait_for(lambda: trio.report("pg-1").get("role") == "primary", 30, "pg-1's report")
     wait_for(lambda: report_age(trio, "pg-1") < 1 and time.time() - started > 10, 30, "10 s")
     assert healthz(trio) == (200, "OK")
-    assert postgres_runs(trio, "pg-1")
+    assert postgres_runs(trio.members["pg-1"].pgdata)
     assert not daemon.find("the primary is isolated: liveness fails")

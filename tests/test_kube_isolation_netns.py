@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.daemon import PG_BIN, TEST_HBA, Daemon, Instance, postmaster_pid, wait_for
+from tests.daemon import PG_BIN, TEST_HBA, Daemon, Instance, pid_alive, postmaster_pid, wait_for
 from tests.kube_cluster_kit import CLUSTER, NAMES, KubeTrio, kube_apiserver, kube_trio
 from tests.kube_kit import ApiServer
 from tests.netns_kit import PodNet, pod_net
@@ -157,16 +157,6 @@ def configure(trio: KubeTrio, net: PodNet) -> None:
     )
 
 
-def alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def started(trio: KubeTrio, net: PodNet, relay: Relay) -> None:
     configure(trio, net)
     start_all(trio, net, relay)
@@ -189,7 +179,7 @@ def test_a_primary_cut_off_fails_liveness_in_time_keeps_postgres_and_heals(
     started(trio, net, api_relay)
     pg1 = trio.daemons["pg-1"]
     postmaster = postmaster_pid(pg1.inst.pgdata)
-    assert alive(postmaster)
+    assert pid_alive(postmaster)
 
     cut = time.monotonic()
     net.cut()
@@ -209,7 +199,7 @@ def test_a_primary_cut_off_fails_liveness_in_time_keeps_postgres_and_heals(
     # Past the window in which the kubelet restarts the pod, the daemon still has not
     # fenced itself: PostgreSQL runs and accepts connections; liveness still fails.
     def window_over() -> bool:
-        assert alive(postmaster) and pg1.proc.poll() is None, pg1.tail(60)
+        assert pid_alive(postmaster) and pg1.proc.poll() is None, pg1.tail(60)
         return time.monotonic() - cut > LIVENESS_TIMEOUT + 5
 
     wait_for(window_over, LIVENESS_TIMEOUT + 30, "the liveness window to pass")
@@ -228,7 +218,7 @@ def test_a_primary_cut_off_fails_liveness_in_time_keeps_postgres_and_heals(
         trio.wait_streaming("pg-1", set(STANDBYS))
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{trio.tails()}") from None
-    assert postmaster_pid(pg1.inst.pgdata) == postmaster and alive(postmaster)
+    assert postmaster_pid(pg1.inst.pgdata) == postmaster and pid_alive(postmaster)
     assert trio.sql("pg-1", "SELECT pg_is_in_recovery()") == [(False,)]
     assert trio.current_primary() == "pg-1"
     for name in NAMES:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_root
-from tests.daemon import Daemon, Instance, base_spec, kill_postgres, rmtree
+from tests.daemon import base_spec, bootstrap_template, rmtree
 
 HERE = Path(__file__).resolve().parent
 WAL_SEGMENT_MB = 1  # small segments: hundreds of switches fit a small tmpfs
@@ -28,15 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def chaos_template() -> Iterator[Path]:
     """A PGDATA bootstrapped by `instance-manager run` with 1 MB WAL segments, stopped cleanly."""
     root = make_root()
-    inst = Instance(root)
-    inst.write_config(base_spec(bootstrap={"initdb": {"walSegmentSize": WAL_SEGMENT_MB}}))
-    daemon = Daemon(inst)
-    try:
-        daemon.wait_ready(120)
-        daemon.wait_log("bootstrap complete")
-        assert daemon.stop() == 0, daemon.tail()
-    finally:
-        daemon.kill()
-        kill_postgres(inst.pgdata)
-    yield inst.pgdata
+    yield bootstrap_template(
+        root, base_spec(bootstrap={"initdb": {"walSegmentSize": WAL_SEGMENT_MB}})
+    )
     rmtree(root)
