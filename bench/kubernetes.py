@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import psycopg  # noqa: E402
+from harness import print_load  # noqa: E402
 
 from tests.cluster_kit import NAMES  # noqa: E402
 from tests.conftest import make_root  # noqa: E402
@@ -133,6 +134,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    print_load("start")
     root = make_root()
     servers = None
     trio = None
@@ -178,6 +180,7 @@ def main() -> int:
         f"  reference: one standalone daemon, same spec and plugin: {single:.1f} MB; "
         f"Kubernetes mode adds {worst_rss - single:.1f} MB ({worst_rss / single:.2f}x)"
     )
+    print_load("end")
     met = max(spec) <= SPEC_TARGET and worst_rss <= RSS_TARGET_MB
     print("all targets met" if met else "a target was missed")
     return 0 if met else 1
