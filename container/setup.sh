@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PACKAGES=(postgresql-15 postgresql-client-15 python3-venv util-linux procps)
-[ "${1:-}" = "--dev" ] && PACKAGES+=(pgbackrest prometheus openssl wrk hyperfine)
+# Tests: iproute2 (network namespaces), curl (requests from inside one); build.sh and
+# kube-apiserver.sh install what the image and the API server need.
+[ "${1:-}" = "--dev" ] && PACKAGES+=(pgbackrest prometheus openssl wrk hyperfine iproute2 curl)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

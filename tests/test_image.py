@@ -37,10 +37,11 @@ VENV_BIN = "/opt/instance-manager/venv/bin"
 
 @pytest.fixture(scope="session")
 def image() -> str:
+    reference = build_image()  # first: on a fresh machine it installs podman and buildah
     root = make_root()
     sweep_stale(Podman(root, "sweep"))
     rmtree(root)
-    return build_image()
+    return reference
 
 
 @pytest.fixture
