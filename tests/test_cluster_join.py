@@ -91,6 +91,20 @@ def test_a_new_document_reaches_every_instance(three_instances: Trio) -> None:
     rows = trio.sql("pg-1", "SELECT application_name, sync_state FROM pg_stat_replication")
     assert {state for _, state in rows} == {"quorum"}
     trio.sql("pg-1", "CREATE TABLE synced AS SELECT 1 AS i")  # a commit that waits
+    # A standby already carries the set it needs once promoted (itself last): in force from
+    # its first commit as the primary, not after the reload that follows the promotion.
+    for name in ("pg-2", "pg-3"):
+
+        def ready_for_promotion(name: str = name) -> bool:
+            value = str(trio.sql(name, "SHOW synchronous_standby_names")[0][0])
+            others = [n for n in ("pg-1", "pg-2", "pg-3") if n != name]
+            return (
+                value.startswith("ANY 1 (")
+                and value.endswith(f'"{name}")')
+                and all(f'"{n}"' in value for n in others)
+            )
+
+        wait_for(ready_for_promotion, 30, f"synchronous_standby_names on {name}")
 
 
 def test_join_progress_is_in_the_status(three_instances: Trio) -> None:

@@ -87,9 +87,11 @@ def test_the_primary_keeps_the_failover_quorum_up_to_date(kube_trio: KubeTrio) -
 
     trio.set_status(targetPrimary="pg-2")
     wait_for(lambda: quorum(trio).get("primary") == "pg-2", 120, "the new primary's quorum")
+    # The new primary had its synchronous standbys in force from its promotion on: its first
+    # quorum already names them (healthy standbys first, itself last).
     in_force = trio.sql("pg-2", "SHOW synchronous_standby_names")[0][0]
     names = quorum(trio)["standbyNames"]
-    assert isinstance(names, list) and names[0] != "pg-2", names  # healthy standbys first
+    assert isinstance(names, list) and len(names) == 3 and names[-1] == "pg-2", names
     assert all(f'"{n}"' in in_force for n in names), (names, in_force)
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from instance_manager.cluster import slots, standby, sync
 from instance_manager.cluster.view import ClusterView
 from instance_manager.cluster_model import ReplicationSlots
-from instance_manager.postgres import roles
 from instance_manager.postgres import sql as pgsql
 from instance_manager.postgres.lifecycle import Lifecycle
 
@@ -39,10 +38,13 @@ class Replication:
         )
 
     def managed_parameters(self) -> dict[str, str]:
-        """custom.conf's synchronous_standby_names on a primary; nothing on a standby."""
+        """custom.conf's synchronous_standby_names, as this instance needs it as the primary.
+
+        A standby carries it too (PostgreSQL ignores it there, as on CloudNativePG's
+        instances): at its promotion the synchronous standbys are in force from the first
+        commit, instead of after the reload that follows, when commits acknowledged in
+        between would not have waited for any standby."""
         s = self.lifecycle.settings
-        if roles.is_standby(s.pgdata):
-            return {}
         current = self.view()
         healthy = {n for n, r in current.reports.items() if r.role == "replica" and r.ready}
         healthy.add(current.me)
