@@ -131,6 +131,7 @@ class Instance:
     local_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     spec: dict[str, Any] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # where the test reaches its status port and PostgreSQL
 
     @property
     def pgdata(self) -> Path:
@@ -160,10 +161,10 @@ class Instance:
         self.config_file.write_text(yaml.safe_dump(doc))
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.status_port}{path}"
+        return f"http://{self.host}:{self.status_port}{path}"
 
     def conninfo(self, dbname: str = "postgres") -> str:
-        return f"host=127.0.0.1 port={self.pg_port} user=postgres dbname={dbname}"
+        return f"host={self.host} port={self.pg_port} user=postgres dbname={dbname}"
 
 
 # Rules the tests need: the suite connects over TCP as root, without a password.

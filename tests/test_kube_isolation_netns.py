@@ -20,7 +20,6 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +45,8 @@ TLS_NAME = "kubernetes"  # a DNS name of the test API server's certificate
 STANDBYS = ("pg-2", "pg-3")
 
 
-@dataclass
-class HostedInstance(Instance):
-    """An instance reached at ``host`` rather than 127.0.0.1."""
-
-    host: str = "127.0.0.1"
-
-    def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.status_port}{path}"
-
-    def conninfo(self, dbname: str = "postgres") -> str:
-        return f"host={self.host} port={self.pg_port} user=postgres dbname={dbname}"
-
-
-def hosted(inst: Instance, host: str) -> HostedInstance:
-    values = {f.name: getattr(inst, f.name) for f in dataclasses.fields(inst)}
-    return HostedInstance(**values, host=host)
+def hosted(inst: Instance, host: str) -> Instance:
+    return dataclasses.replace(inst, host=host)
 
 
 @pytest.fixture

@@ -34,11 +34,6 @@ PLUGIN_TIMEOUT = 2.0  # instance.pluginTimeout: the SIGSTOP fault outlasts it
 class NetInstance(Instance):
     """An Instance reached through its namespace address (HTTP) and its Unix socket (SQL)."""
 
-    address: str = "127.0.0.1"
-
-    def url(self, path: str) -> str:
-        return f"http://{self.address}:{self.status_port}{path}"
-
     def conninfo(self, dbname: str = "postgres") -> str:
         return f"host={self.socket_dir} port={self.pg_port} user=postgres dbname={dbname}"
 
@@ -69,7 +64,7 @@ class ChaosTrio(Trio):
                 status_port=inst.status_port,
                 local_port=inst.local_port,
                 metrics_port=inst.metrics_port,
-                address=net.address(name),
+                host=net.address(name),
             )
             for name, inst in self.members.items()
         }
