@@ -1,7 +1,9 @@
 """The Kubernetes API client of Kubernetes mode: the only importer of kubernetes-asyncio.
 
-That library costs ~470 ms and ~35 MB, so this module is imported only when the daemon
-runs in Kubernetes mode. Configuration: the pod's service account (in-cluster:
+That library costs ~470 ms and ~35 MB when imported whole, so this module is imported
+only when the daemon runs in Kubernetes mode, and it imports only the library's modules it
+uses (the package ``__init__`` files would import every API and model: see kube/lazy.py).
+Configuration: the pod's service account (in-cluster:
 ``KUBERNETES_SERVICE_HOST``/``PORT``, the token and CA files, whose paths
 ``KUBE_TOKEN_FILE`` and ``KUBE_CA_FILE`` override) or a kubeconfig file.
 
@@ -21,8 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.api.coordination_v1_api import CoordinationV1Api
+from kubernetes_asyncio.client.api.core_v1_api import CoreV1Api
+from kubernetes_asyncio.client.api.custom_objects_api import CustomObjectsApi
+from kubernetes_asyncio.client.api_client import ApiClient
+from kubernetes_asyncio.client.configuration import Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+from kubernetes_asyncio.config.incluster_config import load_incluster_config
+from kubernetes_asyncio.config.kube_config import load_kube_config
 
 GROUP, VERSION, PLURAL = "postgresql.cnpg.io", "v1", "clusters"
 QUORUM_PLURAL = "failoverquorums"
@@ -70,24 +79,20 @@ class Target:
     name: str
 
 
-async def load_configuration(
-    env: Mapping[str, str], kubeconfig: Path | None
-) -> client.Configuration:
+async def load_configuration(env: Mapping[str, str], kubeconfig: Path | None) -> Configuration:
     """The client configuration: a kubeconfig when given, else the service account."""
-    configuration = client.Configuration()
+    configuration = Configuration()
     if kubeconfig is not None:
-        await config.load_kube_config(
-            config_file=str(kubeconfig), client_configuration=configuration
-        )
+        await load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
         return configuration
     try:
-        config.load_incluster_config(  # type: ignore[no-untyped-call]
+        load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration,
             token_filename=env.get("KUBE_TOKEN_FILE") or TOKEN_FILE,
             cert_filename=env.get("KUBE_CA_FILE") or CA_FILE,
             environ=env,  # KUBERNETES_SERVICE_HOST/PORT
         )
-    except config.ConfigException as exc:
+    except ConfigException as exc:
         raise KubeError(f"cannot configure the Kubernetes client: {exc}") from None
     return configuration
 
@@ -95,29 +100,29 @@ async def load_configuration(
 class Kube:
     """The calls the instance makes, each bounded by REQUEST_TIMEOUT."""
 
-    def __init__(self, configuration: client.Configuration, target: Target) -> None:
+    def __init__(self, configuration: Configuration, target: Target) -> None:
         self.configuration = configuration
         self.target = target
-        self._api: client.ApiClient | None = None
+        self._api: ApiClient | None = None
 
     @property
-    def api(self) -> client.ApiClient:
+    def api(self) -> ApiClient:
         """Made at first use, inside the event loop its HTTP session belongs to."""
         if self._api is None:
-            self._api = client.ApiClient(self.configuration)
+            self._api = ApiClient(self.configuration)
         return self._api
 
     @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.api)
+    def custom(self) -> CustomObjectsApi:
+        return CustomObjectsApi(self.api)
 
     @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api)
+    def core(self) -> CoreV1Api:
+        return CoreV1Api(self.api)
 
     @property
-    def coordination(self) -> client.CoordinationV1Api:
-        return client.CoordinationV1Api(self.api)
+    def coordination(self) -> CoordinationV1Api:
+        return CoordinationV1Api(self.api)
 
     @classmethod
     async def connect(
