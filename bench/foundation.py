@@ -159,11 +159,15 @@ def pg_ctl_round(lay: Layout, cfg: Config, out: Rounds) -> None:
 def one_round(lay: Layout, procs: Processes, cfg: Config, i: int, out: Rounds) -> None:
     daemon_round(lay, procs, cfg, i, out)
     pg_ctl_round(lay, cfg, out)
-    pg_ready = out.start_timeline[-1].get(PG_READY)
+    timeline = out.start_timeline[-1]
+    pg_ready = timeline.get(PG_READY)
+    seen = timeline.get("PostgreSQL is accepting connections")
     gap = "?" if pg_ready is None else f"{out.ours_start[-1] * 1000 - pg_ready:+.0f}"
+    noticed = "?" if pg_ready is None or seen is None else f"{seen - pg_ready:+.0f}"
     print(
         f"  round {i + 1}/{cfg.rounds}: start {ms(out.ours_start[-1])} vs "
-        f"{ms(out.ref_start[-1])} ms (ready {gap} ms after postgres's own ready), "
+        f"{ms(out.ref_start[-1])} ms (ready {gap} ms after postgres's own ready, "
+        f"noticed {noticed}), "
         f"stop {ms(out.ours_stop[-1])} vs {ms(out.ref_stop[-1])} ms",
         flush=True,
     )

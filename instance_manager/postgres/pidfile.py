@@ -136,8 +136,11 @@ class Watch:
         tb: TracebackType | None,
     ) -> None:
         if self._fd is not None:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            os.close(self._fd)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._fd)
+            # Closing an inotify descriptor waits for the kernel's grace period (often
+            # 10-20 ms): on the loop's thread, that would delay the news of readiness.
+            loop.run_in_executor(None, os.close, self._fd)
             self._fd = None
 
     def wake(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from instance_manager import log
 from instance_manager.cluster_model import ProbeWithStrategy
 from instance_manager.postgres.ping import Ping, select_one
+from instance_manager.process import preload
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
 from instance_manager.web import routes
@@ -76,19 +77,26 @@ class EarlyProbes:
         log.event(_logger, "start-up probes handed over to the status server")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, path = _request_line(head)
-            status, body = await self._answer(method, path)
-            writer.write(_response(status, body, head_only=method == "HEAD"))
-            await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        # The imports of the web stack (process/preload.py) wait while a probe is answered.
+        with preload.priority():
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                method, path = _request_line(head)
+                status, body = await self._answer(method, path)
+                writer.write(_response(status, body, head_only=method == "HEAD"))
+                await writer.drain()
+            except (
+                OSError,
+                TimeoutError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+            ):
+                pass
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
 
     async def _answer(self, method: str, path: str) -> tuple[int, str]:
         if not method:
