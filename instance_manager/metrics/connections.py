@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from instance_manager.metrics.pipeline import Prepared
 from instance_manager.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class Connections:
         self._open: dict[Lane, Connection] = {}
         # Whether a connection's session is known to be as ``session`` left it.
         self.clean: dict[Lane, bool] = {}
+        # Names of the statements prepared by the pipeline on each connection.
+        self.prepared: dict[Lane, Prepared] = {}
         self.paused = False  # during a planned outage: no new connection
 
     async def get(self, lane: Lane) -> Connection:
@@ -81,6 +84,7 @@ class Connections:
                 raise
         self._open[lane] = conn
         self.clean[lane] = True
+        self.prepared[lane] = Prepared()
         return conn
 
     def current(self, lane: Lane) -> Connection | None:
@@ -90,6 +94,7 @@ class Connections:
         """Forget a connection whose state is unknown (timeout, error): close it."""
         conn = self._open.pop(lane, None)
         self.clean.pop(lane, None)
+        self.prepared.pop(lane, None)
         if conn is not None:
             await _close(conn)
 

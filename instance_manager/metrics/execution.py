@@ -17,14 +17,23 @@ The session is only trusted while nothing could have changed it:
 Where the server cannot confirm (before 14), and for queries with a predicate (which
 shares the query's transaction), an explicit ``BEGIN READ ONLY; SET LOCAL search_path``
 is used instead, as CloudNativePG does for every query.
+
+Where the session is confirmed, a lane's queries without a predicate go in one pipeline
+(``pipeline.py``), each still its own transaction: ours first, then the custom ones. A
+custom query, and anything after it in the pipeline, runs right after RESTORE in the
+same transaction, which also makes that transaction read-only: if RESTORE fails, the
+query does not run. A pipeline holding a custom query ends with RESTORE alone, so that
+the session is clean again for the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 from instance_manager.metrics.connections import Connection
+from instance_manager.metrics.pipeline import Outcome, Prepared, Statement, run
 from instance_manager.metrics.queries import Query
 
 SEARCH_PATH = "pg_catalog, public, pg_temp"
@@ -37,6 +46,13 @@ BEGIN = (
     "BEGIN TRANSACTION READ ONLY; "
     f"SET LOCAL search_path TO {SEARCH_PATH}; "
     "SET LOCAL standard_conforming_strings TO on"
+).encode()
+# SESSION as one statement (the extended protocol takes one), and this transaction read-only.
+RESTORE = (
+    "SELECT pg_catalog.set_config('default_transaction_read_only', 'on', false), "
+    f"pg_catalog.set_config('search_path', '{SEARCH_PATH}', false), "
+    "pg_catalog.set_config('standard_conforming_strings', 'on', false), "
+    "pg_catalog.set_config('transaction_read_only', 'on', true)"
 ).encode()
 QUERY_TIMEOUT = 10.0  # one query (predicate included); the scrape deadline may cut it first
 REPORTS_SEARCH_PATH = 180000  # server_version_num from which search_path is reported
@@ -102,3 +118,41 @@ async def run_query(
             return await _in_transaction(conn, query), query.trusted
         names, rows, status = await _rows(conn, query.sql.encode())
         return (names, rows), query.trusted and status.startswith("SELECT")
+
+
+def ordered(queries: list[Query]) -> deque[Query]:
+    """Ours before the custom queries, those with a predicate last (they run alone)."""
+    return deque(sorted(queries, key=lambda q: (q.predicate is not None, not q.trusted)))
+
+
+async def pipeline_ready(conn: Connection, clean: bool) -> bool:
+    """Restore SESSION if needed; whether the session is confirmed, so a pipeline may run."""
+    state = confirmed(conn)
+    if state is False or (state and not clean):
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            await conn.execute(SESSION)
+        state = confirmed(conn)
+    return state is True
+
+
+def take_batch(todo: deque[Query]) -> list[Query]:
+    """The queries at the front of ``todo`` that have no predicate (removed from it)."""
+    batch = []
+    while todo and todo[0].predicate is None:
+        batch.append(todo.popleft())
+    return batch
+
+
+async def run_batch(
+    conn: Connection, batch: list[Query], prepared: Prepared, done: list[Outcome]
+) -> None:
+    """Run ``batch`` in one pipeline on a confirmed, clean session; each outcome is
+    appended to ``done``, then, after a custom query, that of the closing RESTORE."""
+    statements, dirty = [], False
+    for query in batch:
+        dirty = dirty or not query.trusted
+        statements.append(Statement(query.sql.encode(), before=RESTORE if dirty else None))
+    if dirty:
+        statements.append(Statement(RESTORE, prepare=False))
+    async with asyncio.timeout(QUERY_TIMEOUT):
+        await run(conn, statements, prepared, done)

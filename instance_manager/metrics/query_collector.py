@@ -7,7 +7,8 @@ the built-in statement); the default target is the application database.
 
 The queries of one database are spread over a few connections ("lanes", longest first
 by their last duration) so that PostgreSQL runs one while we decode another: with two
-cores that halves an uncached scrape. Each lane runs its queries in order.
+cores that halves an uncached scrape. A lane sends its queries in one pipeline where it
+can (``execution.py`` says when), each still its own transaction with its own errors.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ import fnmatch
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from instance_manager import log
-from instance_manager.metrics import engine, execution
-from instance_manager.metrics.connections import Connections, Lane
+from instance_manager.metrics import engine, execution, pipeline
+from instance_manager.metrics.connections import Connection, Connections, Lane
 from instance_manager.metrics.queries import Query
 from instance_manager.metrics.versions import Version
 
 _logger = log.get("metrics")
 _PATTERN = re.compile(r"[][*?]")
 PARALLEL_LANES = 6  # connections working at the same time, all databases together
+# Command tags of statements that remove prepared statements (the session is replaced).
+_FORGETS = ("DEALLOCATE", "DISCARD")
 MAX_LANES = 3  # connections per database
 QUERIES_PER_LANE = 4  # below this a further connection costs more than it saves
 
@@ -106,24 +110,96 @@ class QueryRunner:
         return [lane for lane in lanes if lane]
 
     async def _run_lane(self, lane: Lane, queries: list[Query], out: engine.Results) -> None:
+        """The lane's queries in order: those a pipeline can take in one round trip, the
+        others (a predicate, a session the server cannot confirm) one by one."""
         import psycopg
 
-        db = lane[0]
-        for query in queries:
+        todo = execution.ordered(queries)
+        while todo:
             started = time.monotonic()
+            query = todo[0]
             try:
                 conn = await self.connections.get(lane)
                 clean = self.connections.clean.get(lane, True)
+                if query.predicate is None and await execution.pipeline_ready(conn, clean):
+                    self.connections.clean[lane] = True
+                    await self._pipeline(lane, conn, todo, out)
+                    continue
+                todo.popleft()
                 self.connections.clean[lane] = query.trusted  # until we know better
                 result, self.connections.clean[lane] = await execution.run_query(conn, query, clean)
                 if result is not None:
                     engine.add_rows(query, *result, out)
             except (psycopg.Error, OSError, engine.ColumnMismatch, TimeoutError) as exc:
+                if todo and todo[0] is query:
+                    todo.popleft()
                 await self._failed(lane, query, exc, out)
             except asyncio.CancelledError:
                 await self.connections.drop(lane)  # a statement may still be running
                 raise
-            self.durations[(query.name, db)] = time.monotonic() - started
+            self.durations[(query.name, lane[0])] = time.monotonic() - started
+
+    async def _pipeline(
+        self, lane: Lane, conn: Connection, todo: deque[Query], out: engine.Results
+    ) -> None:
+        """Run the front of ``todo`` in one pipeline. Interrupted (timeout, lost
+        connection), the query it was waiting for fails and those after it go back into
+        ``todo``, for a new connection."""
+        import psycopg
+
+        batch = execution.take_batch(todo)
+        done: list[pipeline.Outcome] = []
+        self.connections.clean[lane] = all(q.trusted for q in batch)
+        prepared = self.connections.prepared[lane]
+        previous = asyncio.get_running_loop().time()
+        try:
+            await execution.run_batch(conn, batch, prepared, done)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            todo.extendleft(reversed(batch[len(done) + 1 :]))
+            await self._outcomes(lane, batch, done, previous, out)
+            if len(done) < len(batch):
+                await self._failed(lane, batch[len(done)], exc, out)
+            await self.connections.drop(lane)  # still in pipeline mode
+            return
+        except asyncio.CancelledError:  # the scrape deadline: what arrived still counts
+            await self._outcomes(lane, batch, done, previous, out)
+            raise
+        keep = await self._outcomes(lane, batch, done, previous, out)
+        restored = len(done) > len(batch)  # the closing RESTORE
+        if restored and isinstance(done[-1], pipeline.Failed):
+            await self._failed(lane, batch[-1], done[-1].error, out)
+            keep = False
+        # A custom query may have left a transaction open, or removed prepared statements.
+        if not keep or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await self.connections.drop(lane)
+        elif restored:
+            self.connections.clean[lane] = True
+
+    async def _outcomes(
+        self,
+        lane: Lane,
+        batch: list[Query],
+        done: list[pipeline.Outcome],
+        previous: float,
+        out: engine.Results,
+    ) -> bool:
+        """Metrics and errors of the queries done; False if the connection must go."""
+        import psycopg
+
+        keep = True
+        for query, outcome in zip(batch, done, strict=False):
+            self.durations[(query.name, lane[0])] = outcome.at - previous
+            previous = outcome.at
+            try:
+                if isinstance(outcome, pipeline.Failed):
+                    raise outcome.error
+                if not outcome.status.startswith("SELECT"):
+                    keep = keep and not outcome.status.startswith(_FORGETS)
+                    self.connections.clean[lane] = False
+                engine.add_rows(query, outcome.names, outcome.rows, out)
+            except (psycopg.Error, engine.ColumnMismatch) as exc:
+                await self._failed(lane, query, exc, out)
+        return keep
 
     async def _failed(self, lane: Lane, query: Query, exc: Exception, out: engine.Results) -> None:
         import psycopg
@@ -140,10 +216,15 @@ class QueryRunner:
         out.error(f"{query.name} on db {lane[0]}: {detail}")
         # Keep the connection after an error of the query itself; drop it when its state is
         # unknown (timeout, lost connection) or its prepared statements went stale
-        # ("cached plan must not change result type").
+        # ("cached plan must not change result type") or away (a custom DEALLOCATE).
         harmless = isinstance(exc, engine.ColumnMismatch) or (
             isinstance(exc, psycopg.Error)
-            and not isinstance(exc, psycopg.OperationalError | psycopg.errors.FeatureNotSupported)
+            and not isinstance(
+                exc,
+                psycopg.OperationalError
+                | psycopg.errors.FeatureNotSupported
+                | psycopg.errors.InvalidSqlStatementName,
+            )
         )
         if not harmless:
             await self.connections.drop(lane)
