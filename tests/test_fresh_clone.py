@@ -90,13 +90,13 @@ def test_private_clone_runs_archives_and_restores(
         wait_archived(inst, segment)
         stored = plugin.storage / segment
         assert stored.stat().st_size == 16 * 1024 * 1024
-        restore = [str(inst.scratch / "bin" / "manager"), "wal-restore", segment, "RESTORED"]
+        restore = [str(inst.scratch / "bin" / "manager"), "wal-restore", segment, "pg_wal/RESTORED"]
         done = subprocess.run(
             ["runuser", "-u", "postgres", "--", *restore],
             cwd=inst.pgdata, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert (inst.pgdata / "RESTORED").read_bytes() == stored.read_bytes()
+        assert (inst.pgdata / "pg_wal" / "RESTORED").read_bytes() == stored.read_bytes()
         assert daemon.stop() == 0
     finally:
         daemon.kill()

@@ -119,24 +119,29 @@ async def test_archive_source_must_resolve_inside_pg_wal(tmp_path: Path) -> None
     assert backend.archived == [pgdata / "pg_wal" / SEG]
 
 
-async def test_restore_destination_must_resolve_inside_pgdata(tmp_path: Path) -> None:
+async def test_restore_destination_must_resolve_inside_pg_wal(tmp_path: Path) -> None:
     pgdata = make_pgdata(tmp_path)
     (pgdata / "pg_wal" / "RECOVERYHISTORY").symlink_to(tmp_path / "elsewhere")
     backend = Backend()
     async with serving(tmp_path, pgdata, backend) as socket:
-        for dest in (pgdata / "pg_wal" / "RECOVERYXLOG", pgdata / "RECOVERYXLOG"):
-            assert await ask(socket, "restore", SEG, str(dest), "0") == b"ok\n"
-            assert dest.read_bytes() == b"wal"
+        dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+        assert await ask(socket, "restore", SEG, str(dest), "0") == b"ok\n"
+        assert dest.read_bytes() == b"wal"
         refused = [
             tmp_path / "RECOVERYXLOG",
             pgdata / ".." / "RECOVERYXLOG",
+            pgdata / "RECOVERYXLOG",  # inside PGDATA, not in pg_wal: PostgreSQL never asks
+            pgdata / "global" / "pg_control",
+            pgdata / "pg_wal",
             pgdata / "pg_wal" / "RECOVERYHISTORY",  # an existing link pointing out
         ]
         for dest in refused:
             reply = await ask(socket, "restore", SEG, str(dest), "1")
             assert reply.startswith(REFUSED + b"restore destination "), (dest, reply)
-    assert backend.restored == [pgdata / "pg_wal" / "RECOVERYXLOG", pgdata / "RECOVERYXLOG"]
+            assert b"outside PGDATA/pg_wal" in reply
+    assert backend.restored == [pgdata / "pg_wal" / "RECOVERYXLOG"]
     assert not (tmp_path / "RECOVERYXLOG").exists() and not (tmp_path / "elsewhere").exists()
+    assert not (pgdata / "RECOVERYXLOG").exists()
 
 
 async def test_separate_wal_directory_is_followed(tmp_path: Path) -> None:

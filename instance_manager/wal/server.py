@@ -4,8 +4,9 @@ fields separated by NUL (the format is in thin.py's docstring).
 The socket lives alone in a 0700 directory owned by the daemon's account, so only that
 account (the one PostgreSQL runs as) can connect. The paths a request names are handed on
 to plugin sidecars, which may run as other users: an archive source must resolve inside
-``PGDATA/pg_wal`` (following a ``pg_wal`` symlink to a separate WAL volume) and a restore
-destination inside PGDATA or that WAL directory; anything else is refused. A frame that
+``PGDATA/pg_wal`` (following a ``pg_wal`` symlink to a separate WAL volume), and so must a
+restore destination: PostgreSQL restores into ``pg_wal/RECOVERYXLOG`` and the like, and
+``pg_rewind`` into the target's ``pg_wal``. Anything else is refused. A frame that
 ends before its line feed (a client that left mid-request) is not acted on.
 """
 
@@ -95,10 +96,9 @@ class WalServer:
         return confined(given, [pg_wal], "archive source", f"PGDATA/pg_wal ({pg_wal})")
 
     def restore_destination(self, given: str) -> Path:
-        """Where a restored file goes: inside PGDATA or its (possibly separate) pg_wal."""
-        roots = [os.path.realpath(self.pgdata), os.path.realpath(self.pgdata / "pg_wal")]
-        where = f"PGDATA ({roots[0]}) and its pg_wal ({roots[1]})"
-        return confined(given, roots, "restore destination", where)
+        """Where a restored file goes: inside PGDATA/pg_wal, wherever pg_wal really is."""
+        pg_wal = os.path.realpath(self.pgdata / "pg_wal")
+        return confined(given, [pg_wal], "restore destination", f"PGDATA/pg_wal ({pg_wal})")
 
     async def run(self) -> None:
         private_directory(self.socket_path.parent)
