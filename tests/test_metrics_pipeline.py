@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from instance_manager.metrics import execution, queries
@@ -209,3 +210,38 @@ async def test_an_interrupted_pipeline_drops_its_connection(pg: Instance) -> Non
         assert sorted(again.families) == ["cnpg_quick_v"] and not again.errors
     finally:
         await runner.connections.close()
+
+
+PREDICATED = (
+    LOOSENS + "checked:\n"
+    "  predicate_query: >\n"
+    "    SELECT current_setting('transaction_read_only')::bool\n"
+    "       AND current_setting('search_path') = 'pg_catalog, public, pg_temp'\n"
+    "  query: SELECT 1 AS v\n"
+    "  metrics: [{v: {usage: GAUGE}}]\n"
+    "broken:\n"
+    "  predicate_query: SELECT 1/0 = 1\n"
+    "  query: SELECT 1 AS v\n"
+    "  metrics: [{v: {usage: GAUGE}}]\n"
+)
+
+
+async def test_predicates_run_read_only_after_a_custom_query(pg: Instance, tmp_path: Path) -> None:
+    """After custom queries that loosened the session, a predicate and its query run in a
+    read-only transaction on SESSION's search_path; a predicate that fails is reported and
+    its transaction is ended, so the connection stays."""
+    collector = custom_collector(pg, tmp_path, PREDICATED)
+    try:
+        for _ in range(2):
+            e = await scrape(collector)
+            assert e.value("cnpg_checked_v") == 1
+            assert e.get("cnpg_broken_v") is None
+            errors = {
+                dict(k)["errorUserQueries"].split(" ")[0] for k in e.series("cnpg_errors_total")
+            }
+            assert errors == {"writes", "broken"}
+            conn = collector.connections.current(APP_LANE)
+            assert conn is not None
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        await collector.close()

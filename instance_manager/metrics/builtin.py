@@ -17,6 +17,7 @@ from typing import Any
 from instance_manager.cluster_model import Cluster, parse_quantity
 from instance_manager.metrics.connections import Connection
 from instance_manager.metrics.exposition import Family, gauge
+from instance_manager.metrics.pipeline import Failed, Outcome, Prepared, Statement, run
 from instance_manager.metrics.versions import Version, pg_version
 from instance_manager.postgres import fencing
 
@@ -81,13 +82,17 @@ def facts_sql(version_num: int) -> bytes:
     return ("SELECT " + ", ".join(columns) + source).encode()
 
 
-async def fetch(conn: Connection) -> Facts:
+async def fetch(conn: Connection, prepared: Prepared) -> Facts:
     version_num = conn.info.server_version
+    done: list[Outcome] = []
     async with asyncio.timeout(FACTS_TIMEOUT):
-        cur = await conn.execute(facts_sql(version_num), prepare=True)
-        row = await cur.fetchone()
-    if row is None:
+        await run(conn, [Statement(facts_sql(version_num))], prepared, done)
+    outcome = done[0]
+    if isinstance(outcome, Failed):
+        raise outcome.error
+    if not outcome.rows:
         raise RuntimeError("no row from the built-in metrics query")
+    row = outcome.rows[0]
     settings = {k: float(v) for k, v in (row[2] or {}).items() if v is not None}
     databases = [str(d) for d in row[3] or ()]
     facts = Facts(version_num, bool(row[0]), str(row[1] or ""), settings, databases)

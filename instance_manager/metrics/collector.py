@@ -187,7 +187,8 @@ class Collector:
         start = time.monotonic()
         try:
             async with asyncio.timeout_at(deadline):
-                facts = await builtin.fetch(await self.connections.get(BUILTIN_LANE))
+                conn = await self.connections.get(BUILTIN_LANE)
+                facts = await builtin.fetch(conn, self.connections.prepared[BUILTIN_LANE])
         except Exception as exc:
             log.event(
                 _logger,

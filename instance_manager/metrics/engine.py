@@ -21,8 +21,8 @@ from instance_manager.metrics.exposition import (
     Family,
     Kind,
     Labels,
+    escape_label,
     histogram_samples,
-    labels_text,
 )
 from instance_manager.metrics.queries import Column, Query, Usage
 from instance_manager.metrics.versions import parse_go_duration
@@ -147,6 +147,21 @@ def _add_histogram(family: Family, column: Column, labels: Labels, row: dict[str
     return 0
 
 
+def _label_texts(label_at: list[tuple[int, str]], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Each row's label text (``{a="x",b="y"}``, as labels_text makes it)."""
+    if not label_at:
+        return [""] * len(rows)
+    heads = [(i, f'{name}="') for i, name in label_at]
+    return [
+        "{" + ",".join([head + escape_label(_label(row[i])) + '"' for i, head in heads]) + "}"
+        for row in rows
+    ]
+
+
+def _label(value: Any) -> str:
+    return value if type(value) is str else to_label(value)
+
+
 def add_rows(
     query: Query, names: Sequence[str], rows: Sequence[Sequence[Any]], out: Results
 ) -> None:
@@ -168,15 +183,13 @@ def add_rows(
             histograms.append((column, family))
         else:
             simple.append((i, _converter(column), family))
+    texts = _label_texts(label_at, rows)
     skipped = 0
-    for row in rows:
-        labels: Labels = tuple([(name, to_label(row[i])) for i, name in label_at])
-        text = labels_text(labels) if labels else ""
-        for i, convert, family in simple:
-            value = convert(row[i])
-            if value is None or not family.add_text(text, value):
-                skipped += 1
-        for column, family in histograms:
+    for i, convert, family in simple:
+        skipped += family.add_column(texts, [convert(row[i]) for row in rows])
+    for column, family in histograms:
+        for row in rows:
+            labels = tuple([(name, to_label(row[i])) for i, name in label_at])
             skipped += _add_histogram(family, column, labels, dict(zip(names, row, strict=True)))
     if skipped:
         log.event(_logger, "metrics values skipped", logging.DEBUG, query=query.name, count=skipped)

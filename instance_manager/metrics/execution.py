@@ -33,7 +33,7 @@ from collections import deque
 from typing import Any
 
 from instance_manager.metrics.connections import Connection
-from instance_manager.metrics.pipeline import Outcome, Prepared, Statement, run
+from instance_manager.metrics.pipeline import Failed, Outcome, Prepared, Rows, Statement, run
 from instance_manager.metrics.queries import Query
 
 SEARCH_PATH = "pg_catalog, public, pg_temp"
@@ -54,6 +54,14 @@ RESTORE = (
     "pg_catalog.set_config('standard_conforming_strings', 'on', false), "
     "pg_catalog.set_config('transaction_read_only', 'on', true)"
 ).encode()
+# BEGIN as two statements, for a pipeline.
+OPEN = (
+    b"BEGIN TRANSACTION READ ONLY",
+    (
+        f"SELECT pg_catalog.set_config('search_path', '{SEARCH_PATH}', true), "
+        "pg_catalog.set_config('standard_conforming_strings', 'on', true)"
+    ).encode(),
+)
 QUERY_TIMEOUT = 10.0  # one query (predicate included); the scrape deadline may cut it first
 REPORTS_SEARCH_PATH = 180000  # server_version_num from which search_path is reported
 
@@ -151,8 +159,31 @@ async def run_batch(
     statements, dirty = [], False
     for query in batch:
         dirty = dirty or not query.trusted
-        statements.append(Statement(query.sql.encode(), before=RESTORE if dirty else None))
+        statements.append(Statement(query.sql.encode(), before=(RESTORE,) if dirty else ()))
     if dirty:
         statements.append(Statement(RESTORE, prepare=False))
     async with asyncio.timeout(QUERY_TIMEOUT):
         await run(conn, statements, prepared, done)
+
+
+async def run_predicated(
+    conn: Connection, query: Query, prepared: Prepared
+) -> tuple[list[str], list[Any]] | None:
+    """A query with a predicate on a confirmed session, as ``_in_transaction`` runs it, in
+    two pipelines: BEGIN and the predicate, then the query (if the predicate says so)
+    and COMMIT (a ROLLBACK after an error)."""
+    assert query.predicate is not None
+    first: list[Outcome] = []
+    then: list[Outcome] = []
+    async with asyncio.timeout(QUERY_TIMEOUT):
+        await run(conn, [Statement(query.predicate.encode(), before=OPEN)], prepared, first)
+        found = first[0]
+        go = isinstance(found, Rows) and bool(found.rows) and found.rows[0][0] is True
+        statements = [Statement(query.sql.encode())] if go else []
+        statements.append(Statement(b"COMMIT", prepare=False))
+        await run(conn, statements, prepared, then)
+    for outcome in first + then:
+        if isinstance(outcome, Failed):
+            raise outcome.error
+    result = then[0]
+    return (result.names, result.rows) if go and isinstance(result, Rows) else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -57,6 +57,19 @@ class Family:
         self.samples.append((suffix, text, value))
         return True
 
+    def add_column(self, texts: Sequence[str], values: Iterable[float | None]) -> int:
+        """Add one sample per (label text, value), as add_text; how many were left out
+        (a value of None, a repeated label text)."""
+        seen, samples = self._seen, self.samples
+        skipped = 0
+        for text, value in zip(texts, values, strict=True):
+            if value is None or text in seen:
+                skipped += 1
+            else:
+                seen.add(text)
+                samples.append(("", text, value))
+        return skipped
+
 
 def gauge(name: str, help_text: str, value: float | None = None, **labels: str) -> Family:
     family = Family(name, help_text, "gauge")
@@ -75,7 +88,7 @@ def format_value(value: float) -> str:
     return repr(value)
 
 
-def _escape_label(value: str) -> str:
+def escape_label(value: str) -> str:
     if "\\" in value or '"' in value or "\n" in value:
         value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return value
@@ -88,18 +101,17 @@ def _escape_help(text: str) -> str:
 def labels_text(labels: Labels) -> str:
     if not labels:
         return ""
-    return "{" + ",".join([f'{k}="{_escape_label(v)}"' for k, v in labels]) + "}"
+    return "{" + ",".join([f'{k}="{escape_label(v)}"' for k, v in labels]) + "}"
 
 
 def render(families: Iterable[Family]) -> bytes:
     lines: list[str] = []
+    value_text = format_value
     for family in families:
         name = family.name
         lines.append(f"# HELP {name} {_escape_help(family.help)}")
         lines.append(f"# TYPE {name} {family.kind}")
-        lines.extend(
-            f"{name}{suffix}{text} {format_value(value)}" for suffix, text, value in family.samples
-        )
+        lines += [f"{name}{suffix}{text} {value_text(v)}" for suffix, text, v in family.samples]
     if not lines:
         return b""
     return ("\n".join(lines) + "\n").encode()

@@ -35,8 +35,8 @@ INVALID_STATEMENT_NAME = b"26000"  # a prepared statement that is gone (DEALLOCA
 class Statement:
     text: bytes
     prepare: bool = True  # False: sent unnamed, parsed each time
-    # Sent unnamed just before, in the same transaction; if it fails, ``text`` does not run.
-    before: bytes | None = None
+    # Sent unnamed just before, in the same transaction; if one fails, ``text`` does not run.
+    before: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,9 @@ async def run(
     import psycopg
 
     pg = conn.pgconn
-    if pg.pipeline_status or pg.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        raise psycopg.InterfaceError("the connection is not idle")
+    busy = (psycopg.pq.TransactionStatus.ACTIVE, psycopg.pq.TransactionStatus.UNKNOWN)
+    if pg.pipeline_status or pg.transaction_status in busy:
+        raise psycopg.InterfaceError("the connection is busy")
     pg.enter_pipeline_mode()
     preparing = [_send(pg, statement, prepared) for statement in statements]
     sock = _Socket(pg)
@@ -96,8 +97,8 @@ async def run(
 
 def _send(pg: PGconn, statement: Statement, prepared: Prepared) -> bytes | None:
     """Queue one statement and its Sync; the name being prepared with it, if any."""
-    if statement.before is not None:
-        pg.send_query_params(statement.before, None)
+    for text in statement.before:
+        pg.send_query_params(text, None)
     if not statement.prepare:
         pg.send_query_params(statement.text, None)
         pg.pipeline_sync()
@@ -175,7 +176,7 @@ class _Reader:
         import psycopg
 
         errors: list[psycopg.Error] = []
-        if statement.before is not None:
+        for _ in statement.before:
             self._check(await self.group(), errors)
         if name is not None and not self._check(await self.group(), errors):
             prepared.names.pop(statement.text, None)

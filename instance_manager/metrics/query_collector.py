@@ -121,13 +121,20 @@ class QueryRunner:
             try:
                 conn = await self.connections.get(lane)
                 clean = self.connections.clean.get(lane, True)
-                if query.predicate is None and await execution.pipeline_ready(conn, clean):
+                ready = await execution.pipeline_ready(conn, clean)
+                if ready and query.predicate is None:
                     self.connections.clean[lane] = True
                     await self._pipeline(lane, conn, todo, out)
                     continue
                 todo.popleft()
                 self.connections.clean[lane] = query.trusted  # until we know better
-                result, self.connections.clean[lane] = await execution.run_query(conn, query, clean)
+                if ready:
+                    prepared = self.connections.prepared[lane]
+                    result = await execution.run_predicated(conn, query, prepared)
+                else:
+                    result, self.connections.clean[lane] = await execution.run_query(
+                        conn, query, clean
+                    )
                 if result is not None:
                     engine.add_rows(query, *result, out)
             except (psycopg.Error, OSError, engine.ColumnMismatch, TimeoutError) as exc:
