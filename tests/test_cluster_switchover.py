@@ -75,3 +75,26 @@ def test_switchover_there_and_back(three_instances: Trio) -> None:
     trio.wait_streaming("pg-1", {"pg-2", "pg-3"})
     assert trio.report("pg-1")["timeLineID"] == 3
     assert trio.sql("pg-1", "SELECT pg_is_in_recovery()") == [(False,)]
+
+
+def test_switchover_with_tls_status_ports(three_instances: Trio) -> None:
+    """With ``instance.statusPortTLS`` the CLI asks the target's ``/readyz`` over HTTPS,
+    verified against the cluster CA beside the document (plain HTTP would be refused)."""
+    trio = three_instances
+    trio.instance_options["statusPortTLS"] = True
+    trio.write_document()
+    trio.start_all()
+    try:
+        trio.wait_streaming("pg-1", {"pg-2", "pg-3"})
+        wait_for(lambda: trio.report("pg-2").get("ready"), 60, "pg-2 ready")
+    except AssertionError:
+        raise AssertionError(trio.tails()) from None
+    out = subprocess.run(
+        trio.cli("switchover", "--to", "pg-2", "--timeout", "120"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr + trio.tails()
+    assert "pg-2 accepts connections as primary" in out.stdout
+    assert trio.current_primary() == "pg-2"

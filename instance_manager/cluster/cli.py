@@ -3,7 +3,8 @@
 Both edit ``status.targetPrimary`` in the shared Cluster document (a temporary file renamed
 over it, with the document's mode and owner) and then watch the instances' reports until
 the change is done, printing one line per step. ``switchover`` refuses a target that is
-not a ready streaming standby (its report and its ``/readyz``) and waits until the former
+not a ready streaming standby (its report and its ``/readyz``, over HTTPS verified against
+the cluster CA when the document sets ``instance.statusPortTLS``) and waits until the former
 primary has rejoined as a standby; ``failover`` only needs the target to be a standby and
 does not wait for the former primary, which may be gone.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from instance_manager.cluster import reports, view
+from instance_manager.cluster.certs import CA_CRT, ca_dir
 from instance_manager.cluster.reports import Report
 
 EXIT_DONE = 0
@@ -90,10 +93,21 @@ def write_target(path: Path, document: dict[str, Any], target: str) -> None:
     os.replace(tmp, path)
 
 
-def readyz(peer: dict[str, Any]) -> bool:
-    url = f"http://{peer.get('host')}:{peer.get('statusPort', 8000)}/readyz"
+def status_tls(path: Path, document: dict[str, Any]) -> ssl.SSLContext | None:
+    """With ``instance.statusPortTLS`` the status ports speak HTTPS with certificates of
+    the cluster CA beside the document (cluster/certs.py); else None (plain HTTP)."""
+    if not (document.get("instance") or {}).get("statusPortTLS"):
+        return None
+    context = ssl.create_default_context(cafile=str(ca_dir(path) / CA_CRT))
+    context.check_hostname = False  # instances are named by address in the document
+    return context
+
+
+def readyz(peer: dict[str, Any], tls: ssl.SSLContext | None = None) -> bool:
+    scheme = "https" if tls is not None else "http"
+    url = f"{scheme}://{peer.get('host')}:{peer.get('statusPort', 8000)}/readyz"
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT, context=tls) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -106,6 +120,10 @@ class Watch:
         self.document = document
         self.peers = peers_of(document)
         self.directory = reports.reports_dir(path)
+        self.tls = status_tls(path, document)
+
+    def readyz(self, name: str) -> bool:
+        return readyz(self.peers[name], self.tls)
 
     def reports(self) -> dict[str, Report]:
         return reports.read_all(self.directory, sorted(self.peers))
@@ -129,7 +147,7 @@ def check(command: str, watch: Watch, target: str) -> str | None:
     if command == "switchover":
         if current is None:
             raise Refused("no current primary: use failover")
-        if not report.ready or not readyz(watch.peers[target]):
+        if not report.ready or not watch.readyz(target):
             raise Refused(f"{target} is not a ready streaming standby")
     return current
 
@@ -139,7 +157,7 @@ def wait(command: str, watch: Watch, target: str, old: str | None, timeout: floa
         (f"{target} is the current primary", lambda: watch.current() == target),
         (
             f"{target} accepts connections as primary",
-            lambda: _is(watch, target, "primary") and readyz(watch.peers[target]),
+            lambda: _is(watch, target, "primary") and watch.readyz(target),
         ),
     ]
     if command == "switchover" and old is not None:
