@@ -147,6 +147,34 @@ async def test_upgrade_installs_and_requests_a_reexec(primary: Primary, tmp_path
         )  # fmt: skip
 
 
+async def test_each_upgrade_keeps_only_its_build_and_the_one_it_replaces(
+    primary: Primary, tmp_path: Path
+) -> None:
+    builds = [make_build(tmp_path, f"\nSERIAL = {i}\n", f"b{i}.pyz") for i in range(3)]
+    requested: list[list[str]] = []
+
+    async def reexec(argv: list[str]) -> None:
+        requested.append(argv)  # scheduled; this test process is not replaced
+
+    argv = ["/venv/bin/instance-manager", "run"]
+    for archive, digest in builds:
+        publish(primary, digest)
+        settings = primary.settings()
+        async with serve_api(settings, primary.certs, request_reexec=reexec, argv=argv) as api:
+            assert await raw_put(api, archive.read_bytes()) == b""  # scheduled: EOF
+    root = settings.instance.scratchDir / "manager"
+    digests = [digest for _, digest in builds]
+    assert [Path(a[1]).name for a in requested] == digests
+    assert build.current(root) == digests[2]
+    installed = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    # the first build went when the third was installed; "current" is the link
+    assert installed == sorted(
+        [digests[1], f"{digests[1]}.pyz", digests[2], f"{digests[2]}.pyz", build.CURRENT]
+    )
+    build.verify_installed(root / digests[1])
+    build.verify_installed(root / digests[2])
+
+
 async def test_scheduled_upgrade_answers_nothing(primary: Primary, tmp_path: Path) -> None:
     archive, digest = make_build(tmp_path)
     publish(primary, digest)

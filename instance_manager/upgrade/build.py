@@ -235,6 +235,27 @@ def install(staged: Path, root: Path, digest: str, archive: Path) -> Path:
     return final
 
 
+def prune(root: Path, keep: set[str]) -> list[str]:
+    """Remove the installed builds (``<digest>`` and ``<digest>.pyz``) not in ``keep``;
+    the digests removed. Without it, every upgrade would leave its predecessor behind."""
+    removed = []
+    for entry in sorted(root.iterdir()):
+        digest = entry.name.removesuffix(".pyz")
+        if digest in keep or not _is_digest(digest):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        if digest not in removed:
+            removed.append(digest)
+    return removed
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
 def current(root: Path) -> str | None:
     """The build ``root/current`` points at, if any."""
     try:

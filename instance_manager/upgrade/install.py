@@ -5,7 +5,8 @@
 2. The hash must equal ``status.availableArchitectures[goArch == ours].hash`` of the
    Cluster, as in CNPG: the operator publishes the hash of what it is allowed to install.
 3. The build is unpacked beside the others and imported by a fresh interpreter.
-4. It is installed atomically (``SCRATCH/manager/<sha256>``, then ``current``); a build
+4. It is installed atomically (``SCRATCH/manager/<sha256>``, then ``current``); builds
+   older than the one it replaces are removed; a build
    installed before is reused only while it still matches its hash, and cli.py checks it
    once more right before it re-executes into it.
 5. ``request_reexec(argv)`` asks the supervisor to re-execute the daemon from the new build
@@ -165,6 +166,11 @@ class Upgrader:
         assert self._request_reexec is not None
         previous = await asyncio.to_thread(build.current, root)
         target = await asyncio.to_thread(build.install, staged, root, digest, upload)
+        # Kept: this build and the one it replaces (the re-exec may still fail).
+        keep = {digest} | ({previous} if previous else set())
+        removed = await asyncio.to_thread(build.prune, root, keep)
+        if removed:
+            log.event(_logger, "removed older builds", builds=removed)
         argv = build.reexec_argv(target, self._argv)
         try:
             await self._request_reexec(argv)
