@@ -10,6 +10,9 @@ An unexpected exit either ends the loop with an error (the container restarts, C
 behaviour) or restarts PostgreSQL in place after a growing back-off (standalone mode).
 Any other failure stops a postmaster that still runs, staged as for SIGTERM, before the
 error leaves ``run()``: the daemon never exits leaving PostgreSQL unwatched.
+
+The steps live beside this loop: the start sequence in startup.py, the stop sequences in
+stopping.py, the role commands in commands.py, applying a configuration in reload.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import asyncio
 import collections
 import dataclasses
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
@@ -26,21 +28,12 @@ from typing import Any
 from instance_manager import log
 from instance_manager.cluster_model import Cluster
 from instance_manager.errors import PostmasterExited, SettingsError
-from instance_manager.postgres import (
-    bootstrap,
-    config,
-    controldata,
-    fencing,
-    postmaster,
-    recovery,
-    roles,
-    shutdown,
-    waits,
-    waldir,
-)
+from instance_manager.postgres import fencing, postmaster, shutdown, startup, stopping, waits
 from instance_manager.postgres import sql as pgsql
+from instance_manager.postgres.commands import FENCE, PROMOTE, SWITCHOVER, Commands
 from instance_manager.postgres.postmaster import Postmaster
-from instance_manager.postgres.reload import Reloader
+from instance_manager.postgres.reload import Reloader, reloaded
+from instance_manager.postgres.stopping import Stopper
 from instance_manager.settings import Settings
 from instance_manager.state import InstanceState
 
@@ -48,8 +41,6 @@ _logger = log.get()
 # A postmaster that ran this long before dying resets the restart back-off.
 STABLE_RUN_SECONDS = 60.0
 LAST_LINES = 20
-# A component closing its sessions before a stop gets this long.
-BEFORE_STOP_TIMEOUT = 5.0
 
 
 class Lifecycle:
@@ -74,8 +65,6 @@ class Lifecycle:
         self.escalate = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self._new_settings: Settings | None = None  # given with request_reload
-        # Role commands (promote, switchover stop), each with the future its sender awaits.
-        self._commands: asyncio.Queue[tuple[str, asyncio.Future[None]]] = asyncio.Queue()
         # Cluster mode: run before each start (join, rewind, standby files), and the
         # standby's override.conf settings (primary_conninfo, primary_slot_name...).
         self.prepare_data: Callable[[], Awaitable[None]] | None = None
@@ -86,6 +75,10 @@ class Lifecycle:
         self.detach_requested = asyncio.Event()
         # Run before PostgreSQL is stopped: sessions of other components (a backup).
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
+        settings_now = self._settings_now
+        self._stopper = Stopper(settings_now, state, self.session, self.escalate, self.before_stop)
+        # Role commands (promote, switchover stop, fence), carried out while supervised.
+        self._commands = Commands(settings_now, state, self._stopper)
         self.spawned = asyncio.Event()  # initdb or the first postmaster has started
         self.ready = asyncio.Event()  # a postmaster has accepted connections
         self.pm: Postmaster | None = None
@@ -94,6 +87,10 @@ class Lifecycle:
         self.fence = fencing.Fence(state)
         self._tasks: set[asyncio.Task[None]] = set()  # keeps fire-and-forget tasks alive
         self._data_checksums = False  # from pg_control; decides if wal_log_hints may be off
+
+    def _settings_now(self) -> Settings:
+        """The settings in force: a reload or a new Cluster replaces ``self.settings``."""
+        return self.settings
 
     # -- commands (signal handlers call these; they only set events) --
     def request_stop(self) -> None:
@@ -121,27 +118,22 @@ class Lifecycle:
 
     async def promote(self) -> None:
         """Command: promote the running standby; returns once it runs as a primary."""
-        await self._command("promote")
+        await self._commands.send(PROMOTE)
 
     async def switchover_stop(self) -> None:
         """Command: stop this former primary fast, then immediate; PostgreSQL starts again
         only through ``prepare_data`` (which rejoins it as a standby). Returns once down."""
-        await self._command("switchover")
+        await self._commands.send(SWITCHOVER)
 
     async def fence_on(self, reason: str) -> None:
         """Command: fence for ``reason``; a running PostgreSQL is stopped (fast, then
         immediate) and none starts while a reason remains. Returns once it is down."""
         if self.fence.add(reason) and self.state.postmaster_running:
-            await self._command("fence")
+            await self._commands.send(FENCE)
 
     def fence_off(self, reason: str) -> None:
         """Lift ``reason``; with none left the lifecycle starts PostgreSQL again."""
         self.fence.remove(reason)
-
-    async def _command(self, name: str) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._commands.put((name, done))
-        await done
 
     def request_detach(self) -> None:
         self.detach_requested.set()
@@ -166,15 +158,7 @@ class Lifecycle:
             raise
 
     def _postmaster_to_stop(self) -> Postmaster | None:
-        """Ours if it still runs. Before the first start got that far: a live one serving
-        PGDATA, which the start (failing early, writing the configuration, say) would adopt."""
-        if self.pm is not None:
-            return self.pm if self.pm.running else None
-        try:
-            pid = postmaster.adopt_or_clean(self.settings)
-        except OSError:
-            return None
-        return None if pid is None else Postmaster(pid, None)
+        return stopping.postmaster_to_stop(self.pm, self.settings)
 
     async def _loop(self) -> None:
         backoff = 1.0
@@ -194,7 +178,7 @@ class Lifecycle:
                     await self._shutdown(pm)
                     return
                 if reason == "detach":
-                    await self._detach(pm)
+                    await self._stopper.detach(pm)
                     return
                 if reason == "switchover":
                     continue
@@ -237,46 +221,24 @@ class Lifecycle:
             if not self.state.fenced:
                 break
         s = self.settings
-        if s.cluster.spec.bootstrap.recovery is not None and recovery.restore_needed(s):
-            from instance_manager.plugins.recovery import call_restore  # gRPC only here
-
-            self.spawned.set()
-            await recovery.restore_from_plugin(s, call_restore)
-        if not bootstrap.is_initialised(s.pgdata):
-            self.spawned.set()
-            await bootstrap.initdb(s)
-        await asyncio.to_thread(waldir.place, s)  # pg_wal onto the WAL volume, if any
-        segment, self._data_checksums = await controldata.check_wal_space(s)
-        self.state.wal_segment_size = segment
-        rendered, _ = config.write_all(
-            s, self._data_checksums, self.recovery_settings(), self.managed_parameters()
+        self._data_checksums = await startup.prepare_pgdata(
+            s, self.state, self.spawned, self.recovery_settings, self.managed_parameters
         )
-        self.state.written_config_hash = rendered.sha256
         self._stderr.clear()
         pm = await postmaster.start(s, self._stderr.append)
         self.pm = pm
         self.state.postmaster_pid = pm.pid
         self.state.postmaster_starts += 1
         self.spawned.set()
-        started = time.monotonic()
-        status = await postmaster.wait_ready(s, pm, float(s.cluster.spec.startDelay))
-        log.event(
-            _logger,
-            "PostgreSQL is accepting connections",
-            status=status,
-            seconds=round(time.monotonic() - started, 3),
-            adopted=pm.adopted,
-        )
-        self.state.is_primary = not self._is_standby()
-        if self.state.is_primary and bootstrap.bootstrap_pending(s.pgdata):
-            # Not ready before the application database exists.
-            await bootstrap.ensure_roles(s)
-            await bootstrap.finish_bootstrap(s)
+        await startup.wait_ready(s, self.state, pm)
         self.session.reopen()
         self.state.postmaster_running = True
         self.ready.set()
         self.state.might_be_unavailable = False  # after a switchover stop, say
-        task = asyncio.get_running_loop().create_task(self._after_start(pm))
+        after = startup.after_start(
+            pm, self._settings_now, self.state, self.session, self.reloader, self.stop_requested
+        )
+        task = asyncio.get_running_loop().create_task(after)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return pm
@@ -287,36 +249,14 @@ class Lifecycle:
             return
         pm = self._postmaster_to_stop()  # a Postmaster belongs to the loop: not in a thread
         if pm is not None:
-            await roles.switchover_stop(pm, self.settings, self.escalate, None, True)
-
-    def _is_standby(self) -> bool:
-        d = self.settings.pgdata
-        return (d / "standby.signal").exists() or (d / "recovery.conf").exists()
-
-    async def _after_start(self, pm: Postmaster) -> None:
-        """Off the start path: the probes' connection (opened by the first query, once
-        psycopg is imported), roles, bootstrap completion, configuration confirmation."""
-        try:
-            row = await self.session.fetchone("SELECT pg_catalog.pg_is_in_recovery()")
-            in_recovery = bool(row and row[0])
-            if self.state.is_primary and not in_recovery:  # not during archive recovery
-                await bootstrap.ensure_roles(self.settings)
-                await bootstrap.finish_bootstrap(self.settings)
-        except Exception as exc:
-            if pm.running and not self.stop_requested.is_set():
-                log.event(_logger, "post-start tasks failed", logging.ERROR, error=str(exc))
-        if not pm.running or self.stop_requested.is_set():
-            return
-        if pm.adopted:
-            pm.signal(signal.SIGHUP)  # it may run an older configuration
-        await self.reloader.confirm(self.settings)  # a failure is retried by _supervise
+            await self._stopper.stop_left_running(pm)
 
     async def _supervise(self, pm: Postmaster) -> str:
         """Returns 'stop', 'detach', or how the postmaster ended. Meanwhile applies reloads
         and retries a failed one when it is due."""
         # Fenced while it was starting (fence_on sent no command then): stop it now.
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.state.fenced and await self._run_command(pm, "fence", answer):
+        if self.state.fenced and await self._commands.carry_out(pm, FENCE, answer):
             return "switchover"
         while True:
             self.reloader.scheduled.clear()
@@ -325,7 +265,7 @@ class Lifecycle:
             reload = asyncio.ensure_future(self.reload_requested.wait())
             detach = asyncio.ensure_future(self.detach_requested.wait())
             retry = asyncio.ensure_future(self.reloader.scheduled.wait())
-            command = asyncio.ensure_future(self._commands.get())
+            command = asyncio.ensure_future(self._commands.next())
             done, pending = await asyncio.wait(
                 {exit_task, stop, reload, detach, retry, command},
                 timeout=self.reloader.retry_in(),
@@ -336,7 +276,7 @@ class Lifecycle:
             if command in done and (stop in done or exit_task in done):
                 command.result()[1].set_exception(RuntimeError("PostgreSQL is stopping"))
             elif command in done:
-                if await self._run_command(pm, *command.result()):
+                if await self._commands.carry_out(pm, *command.result()):
                     return "switchover"
                 continue
             if stop in done:
@@ -351,32 +291,6 @@ class Lifecycle:
                 await waits.unless_set(self.stop_requested, self._reload(pm))
             elif not done:  # a failed reload is due for another attempt
                 await waits.unless_set(self.stop_requested, self._apply(pm))
-
-    async def _run_command(self, pm: Postmaster, name: str, done: asyncio.Future[None]) -> bool:
-        """Carry out a role command; True when the postmaster was stopped (switchover, fence)."""
-        try:
-            if name == "promote":
-                await roles.promote(self.settings)
-                self.state.is_primary = True
-            elif name == "fence" and not self.state.fenced:
-                name = "lifted before the stop"
-            else:
-                self.state.might_be_unavailable = True
-                checkpoint = self._checkpoint if self.state.is_primary else None
-                await self._close_sessions()
-                try:
-                    fence = name == "fence"
-                    await roles.switchover_stop(pm, self.settings, self.escalate, checkpoint, fence)
-                finally:
-                    self.session.reopen()
-                self.state.postmaster_running = pm.running
-        except Exception as exc:
-            if not done.done():
-                done.set_exception(exc)
-            return False
-        if not done.done():
-            done.set_result(None)
-        return name in ("switchover", "fence")
 
     async def _apply(self, pm: Postmaster) -> None:
         recovery, managed = self.recovery_settings(), self.managed_parameters()
@@ -393,18 +307,7 @@ class Lifecycle:
                 error=str(exc),
             )
             return
-        if new.instance != self.settings.instance:
-            log.event(
-                _logger,
-                "instance options changed: they apply at the next start of the instance manager",
-                logging.WARNING,
-            )
-        self.settings = Settings(
-            cluster=new.cluster,
-            instance=self.settings.instance,
-            kubernetes=self.settings.kubernetes,
-            pg_bin=self.settings.pg_bin,
-        )
+        self.settings = reloaded(self.settings, new)
         await self._apply(pm)
 
     def _report_exit(self, pm: Postmaster, reason: str) -> None:
@@ -421,42 +324,7 @@ class Lifecycle:
             policy=self.settings.on_postmaster_exit,
         )
 
-    async def _detach(self, pm: Postmaster) -> None:
-        """Online upgrade: close our sessions and stop watching; PostgreSQL keeps running."""
-        self.state.might_be_unavailable = True
-        await self._close_sessions()
-        for task in pm.tasks:
-            task.cancel()
-        log.event(_logger, "detached from the running postmaster", pid=pm.pid)
-
     async def _shutdown(self, pm: Postmaster) -> None:
-        """The explicit stop sequence: not ready, close our sessions, staged stop."""
+        """The explicit stop sequence (stopping.py): not ready, close sessions, staged stop."""
         started = self.stop_requested_at or time.monotonic()  # stopDelay counts from here
-        self.state.stopping = True
-        self.state.might_be_unavailable = True
-        await self._close_sessions()
-        spec = self.settings.cluster.spec
-        stop_plan = shutdown.plan(spec.smartShutdownTimeout, spec.stopDelay)
-        checkpoint = self._checkpoint if self.state.is_primary else None
-        self.stopped_by = await shutdown.stop(pm, stop_plan, self.escalate, checkpoint, started)
-        self.state.postmaster_running = False
-        log.event(
-            _logger,
-            "PostgreSQL stopped",
-            mode=self.stopped_by.name.lower() if self.stopped_by else None,
-        )
-
-    async def _close_sessions(self) -> None:
-        """Ours and other components' (a backup): a smart stop waits for every session.
-        Each gets BEFORE_STOP_TIMEOUT; a failure is logged and the stop goes on."""
-        for close in [*self.before_stop, self.session.close]:
-            try:
-                async with asyncio.timeout(BEFORE_STOP_TIMEOUT):
-                    await close()
-            except Exception as exc:
-                log.event(_logger, "closing a session failed", logging.WARNING, error=str(exc))
-
-    async def _checkpoint(self) -> None:
-        conn = await pgsql.connect(self.settings)
-        async with conn:
-            await conn.execute("CHECKPOINT")
+        self.stopped_by = await self._stopper.shutdown(pm, started)

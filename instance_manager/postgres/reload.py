@@ -1,5 +1,7 @@
 """Applying the configuration to a running postmaster, and retrying when that fails.
 
+A reload puts the new cluster settings in force (``reloaded``), then applies them.
+
 An application writes the managed files, sends SIGHUP and waits until PostgreSQL reports
 the hash of what was written (``cnpg.config_sha256``), then reads which parameters wait for
 a restart. Any step may fail while PostgreSQL itself is fine: the files cannot be written
@@ -109,6 +111,24 @@ class Reloader:
         self._backoff = RETRY_FIRST
         self._retry_at = None
         self.state.reload_succeeded()
+
+
+def reloaded(current: Settings, new: Settings) -> Settings:
+    """What a reload puts in force: ``new``'s cluster. The instance options, the Kubernetes
+    settings and pg_bin stay those the instance manager started with (a warning says when
+    the instance options changed)."""
+    if new.instance != current.instance:
+        log.event(
+            _logger,
+            "instance options changed: they apply at the next start of the instance manager",
+            logging.WARNING,
+        )
+    return Settings(
+        cluster=new.cluster,
+        instance=current.instance,
+        kubernetes=current.kubernetes,
+        pg_bin=current.pg_bin,
+    )
 
 
 async def confirm(settings: Settings, state: InstanceState) -> None:
