@@ -6,14 +6,15 @@ connection."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from instance_manager.metrics import execution, queries
-from instance_manager.metrics.collector import Collector
+from instance_manager.metrics import archive, builtin, execution, queries
+from instance_manager.metrics.collector import BUILTIN_LANE, Collector
 from instance_manager.metrics.connections import Connections
 from instance_manager.metrics.engine import Results
 from instance_manager.metrics.query_collector import QueryRunner, Target
@@ -245,3 +246,27 @@ async def test_predicates_run_read_only_after_a_custom_query(pg: Instance, tmp_p
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     finally:
         await collector.close()
+
+
+async def test_the_server_lists_pg_wal_as_the_scan_does(pg: Instance) -> None:
+    """The built-in statement's round trip also lists pg_wal (PostgreSQL 12+): the same
+    figures as the directory scan it replaces while the server answers. (The archiver
+    may move a file between the two reads: compare until they agree.)"""
+    sql(pg, "SELECT pg_switch_wal()")
+    connections = Connections(tcp_connector(pg), execution.SESSION)
+    try:
+        conn = await connections.get(BUILTIN_LANE)
+        for _ in range(20):
+            facts = await builtin.fetch(conn, connections.prepared[BUILTIN_LANE])
+            scanned = archive.scan(pg.pgdata)
+            assert facts.wal_directory is not None
+            listed = archive.from_row(facts.wal_directory)
+            if listed.oldest_ready is not None and scanned.oldest_ready is not None:
+                assert listed.oldest_ready == pytest.approx(scanned.oldest_ready, abs=1)
+                listed = dataclasses.replace(listed, oldest_ready=scanned.oldest_ready)
+            if listed == scanned:
+                break
+        assert listed == scanned
+        assert scanned.segments >= 1 and scanned.done >= 1
+    finally:
+        await connections.close()

@@ -17,7 +17,7 @@ from typing import Any
 from instance_manager.cluster_model import Cluster, parse_quantity
 from instance_manager.metrics.connections import Connection
 from instance_manager.metrics.exposition import Family, gauge
-from instance_manager.metrics.pipeline import Failed, Outcome, Prepared, Statement, run
+from instance_manager.metrics.pipeline import Failed, Outcome, Prepared, Rows, Statement, run
 from instance_manager.metrics.versions import Version, pg_version
 from instance_manager.postgres import fencing
 
@@ -48,6 +48,20 @@ STAT_WAL_HELP = {
 }
 
 
+# pg_wal as archive.scan sees it, read by the server (PostgreSQL 12+; pg_monitor may):
+# segments, .ready, .done, bytes and oldest mtime (epoch) of the segments waiting.
+WAL_DIRECTORY = b"""\
+WITH w AS (SELECT name, size FROM pg_catalog.pg_ls_waldir()),
+     s AS (SELECT name, modification FROM pg_catalog.pg_ls_archive_statusdir()),
+     r AS (SELECT w.size, s.modification FROM s JOIN w ON s.name = w.name || '.ready')
+SELECT (SELECT count(*) FROM w WHERE name ~ '^[0-9A-F]{24}$'),
+       (SELECT count(*) FROM s WHERE name LIKE '%.ready'),
+       (SELECT count(*) FROM s WHERE name LIKE '%.done'),
+       (SELECT COALESCE(sum(size), 0) FROM r),
+       (SELECT extract(epoch FROM min(modification)) FROM r)"""
+WAL_DIRECTORY_FROM = 120000
+
+
 @dataclass
 class Facts:
     version_num: int
@@ -57,6 +71,7 @@ class Facts:
     databases: list[str] | None = None  # those the exporter may connect to
     stat_wal: dict[str, float] = field(default_factory=dict)
     stats_reset: str = ""
+    wal_directory: tuple[Any, ...] | None = None  # the row of WAL_DIRECTORY, if it ran
 
     @property
     def version(self) -> Version:
@@ -83,10 +98,15 @@ def facts_sql(version_num: int) -> bytes:
 
 
 async def fetch(conn: Connection, prepared: Prepared) -> Facts:
+    """The facts; with them, on 12+, pg_wal as the server lists it (the statement is
+    separate: its failure leaves the facts, and the caller scans the directory)."""
     version_num = conn.info.server_version
+    statements = [Statement(facts_sql(version_num))]
+    if version_num >= WAL_DIRECTORY_FROM:
+        statements.append(Statement(WAL_DIRECTORY))
     done: list[Outcome] = []
     async with asyncio.timeout(FACTS_TIMEOUT):
-        await run(conn, [Statement(facts_sql(version_num))], prepared, done)
+        await run(conn, statements, prepared, done)
     outcome = done[0]
     if isinstance(outcome, Failed):
         raise outcome.error
@@ -100,6 +120,9 @@ async def fetch(conn: Connection, prepared: Prepared) -> Facts:
         names = STAT_WAL + (STAT_WAL_IO if version_num < 180000 else ())
         facts.stat_wal = {n: float(v or 0) for n, v in zip(names, row[4:-1], strict=True)}
         facts.stats_reset = str(row[-1])
+    wal = done[-1] if len(done) > 1 else None
+    if isinstance(wal, Rows) and wal.rows:
+        facts.wal_directory = wal.rows[0]
     return facts
 
 

@@ -122,7 +122,10 @@ class Collector:
         self.stats.total += 1
         errors: list[str] = []
         plugin_task = self._start_plugins(deadline)
-        wal_task = loop.create_task(self._scan(s, deadline, errors))
+        # pg_wal: listed by the server with the built-in statement while it answers; the
+        # directory is scanned beside the collection when the last one could not list it.
+        listed = self._facts is not None and self._facts.wal_directory is not None
+        wal_task = None if listed else loop.create_task(self._scan(s, deadline, errors))
         fenced = self.state.fenced or builtin.fenced(s.cluster, s.instance.podName)
         facts, queries = None, b""
         if fenced:
@@ -140,7 +143,7 @@ class Collector:
         if facts is not None:
             parts += builtin.server_families(facts, s.cluster, is_primary, errors)
             self._wal_settings = builtin.wal_settings_values(facts.wal_settings, s.cluster)
-        wal = await wal_task
+        wal = await self._wal(wal_task, facts, s, deadline, errors)
         parts += archive.status_families(wal)
         parts.append(archive.pg_wal_family(wal, self.state.wal_segment_size, self._wal_settings))
         plugin_parts = await self._plugin_families(plugin_task, errors)
@@ -203,6 +206,20 @@ class Collector:
             self.stats.up, self.stats.last_error = 1.0, False
         self.stats.durations["Collect.up"] = time.monotonic() - start
         return facts
+
+    async def _wal(
+        self,
+        task: asyncio.Task[archive.WalDirectory | None] | None,
+        facts: builtin.Facts | None,
+        s: Settings,
+        deadline: float,
+        errors: list[str],
+    ) -> archive.WalDirectory | None:
+        if task is not None:
+            return await task
+        if facts is not None and facts.wal_directory is not None:
+            return archive.from_row(facts.wal_directory)
+        return await self._scan(s, deadline, errors)
 
     async def _scan(
         self, s: Settings, deadline: float, errors: list[str]
