@@ -1,4 +1,4 @@
-"""Tests for the PostgreSQL log FIFO readers (instance_manager.postgres.logpipe)."""
+"""Tests for the PostgreSQL log FIFO readers (instance_manager.postgres.logpipe, csvlog)."""
 
 from __future__ import annotations
 
@@ -23,16 +23,15 @@ from typing import Any
 import pytest
 
 from instance_manager.postgres import logpipe
-from instance_manager.postgres.logpipe import (
+from instance_manager.postgres.csvlog import (
     CSV_FIELDS,
     CsvRecordAssembler,
-    LineSplitter,
-    LogPipes,
     format_csv_record,
     parse_csv_fields,
     parse_pgaudit,
     severity_level,
 )
+from instance_manager.postgres.logpipe import LineSplitter, LogPipes
 from tests.waiting import eventually
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -23,18 +23,25 @@ import asyncio
 import collections
 import contextlib
 import csv
-import io
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 from instance_manager import log
 from instance_manager.log import Output, emit_raw
+from instance_manager.postgres.csvlog import (
+    MAX_RECORD,
+    MESSAGE_INDEX,
+    SEVERITY_INDEX,
+    CsvRecordAssembler,
+    format_csv_record,
+    parse_csv_fields,
+)
 
 _log = log.get("instance-manager")
 
@@ -42,162 +49,13 @@ _log = log.get("instance-manager")
 RETRY_DELAY = 1.0
 # Lines on the JSON pipe longer than this are dropped (CNPG's limit).
 MAX_JSON_LINE = 1 << 20
-# Upper bound for one raw line or one CSV record, so that a writer that never sends a
-# newline (or an unbalanced quote) cannot make us buffer without limit.
-MAX_TEXT_LINE = 64 << 20
+# Upper bound for one raw line, the same as for one CSV record (csvlog.py): a writer that
+# never sends a newline cannot make us buffer without limit.
+MAX_TEXT_LINE = MAX_RECORD
 # How much we ask the pipe for at a time.
 READ_CHUNK = 64 << 10
 # Messages kept by recent() are cut to this many characters.
 RECENT_CHARS = 500
-
-CSV_FIELDS = (
-    "log_time",
-    "user_name",
-    "database_name",
-    "process_id",
-    "connection_from",
-    "session_id",
-    "session_line_num",
-    "command_tag",
-    "session_start_time",
-    "virtual_transaction_id",
-    "transaction_id",
-    "error_severity",
-    "sql_state_code",
-    "message",
-    "detail",
-    "hint",
-    "internal_query",
-    "internal_query_pos",
-    "context",
-    "query",
-    "query_pos",
-    "location",
-    "application_name",
-    "backend_type",
-    "leader_pid",
-    "query_id",
-)
-# PostgreSQL 12 writes 23 fields, 13 adds backend_type, 14 adds leader_pid and query_id.
-CSV_FIELD_COUNTS = frozenset({23, 24, 26})
-_SEVERITY_INDEX = CSV_FIELDS.index("error_severity")
-_MESSAGE_INDEX = CSV_FIELDS.index("message")
-
-AUDIT_PREFIX = "AUDIT: "
-AUDIT_FIELDS = (
-    "audit_type",
-    "statement_id",
-    "substatement_id",
-    "class",
-    "command",
-    "object_type",
-    "object_name",
-    "statement",
-    "parameter",
-    "rows",  # only with pgaudit.log_rows=on
-)
-
-_SEVERITY_LEVELS = {
-    "LOG": "info",
-    "INFO": "info",
-    "NOTICE": "info",
-    "WARNING": "warning",
-    "ERROR": "error",
-    "FATAL": "error",
-    "PANIC": "error",
-}
-
-
-def severity_level(severity: str) -> str:
-    """Map a PostgreSQL ``error_severity`` to our log level (unknown ones are "info")."""
-    if severity.startswith("DEBUG"):
-        return "debug"
-    return _SEVERITY_LEVELS.get(severity, "info")
-
-
-def parse_csv_fields(text: str) -> list[str]:
-    """Split one complete CSV record (possibly spanning lines) into its fields."""
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if len(rows) != 1:
-        raise ValueError(f"expected one CSV record, got {len(rows)}")
-    return rows[0]
-
-
-def record_from_fields(fields: Sequence[str]) -> dict[str, Any]:
-    """Name the fields of a csvlog record, omitting empty ones."""
-    if len(fields) not in CSV_FIELD_COUNTS:
-        raise ValueError(f"unexpected number of CSV log fields: {len(fields)}")
-    names = CSV_FIELDS[: len(fields)]
-    return {name: value for name, value in zip(names, fields, strict=True) if value}
-
-
-def parse_pgaudit(message: str) -> dict[str, str] | None:
-    """Return the pgaudit fields if ``message`` is an ``AUDIT: <csv>`` line, else None."""
-    if not message.startswith(AUDIT_PREFIX):
-        return None
-    try:
-        rows = list(csv.reader(io.StringIO(message[len(AUDIT_PREFIX) :], newline="")))
-    except csv.Error:
-        return None
-    if len(rows) != 1 or not len(AUDIT_FIELDS) - 1 <= len(rows[0]) <= len(AUDIT_FIELDS):
-        return None
-    row = rows[0]
-    return dict(zip(AUDIT_FIELDS[: len(row)], row, strict=True))
-
-
-def format_csv_record(fields: Sequence[str]) -> dict[str, Any]:
-    """Build the JSON line for one csvlog record; raises ValueError on a bad field count."""
-    record = record_from_fields(fields)
-    logger = "postgres"
-    audit = parse_pgaudit(record.get("message", ""))
-    if audit is not None:
-        logger = "pgaudit"
-        del record["message"]
-        record["audit"] = audit
-    return {
-        "level": severity_level(record.get("error_severity", "")),
-        "ts": time.time(),
-        "logger": logger,
-        "msg": "record",
-        "record": record,
-    }
-
-
-class CsvRecordAssembler:
-    """Joins the lines of one CSV record.
-
-    A newline inside a quoted field splits a record over several lines. PostgreSQL
-    escapes a quote inside a field as ``""``, so a record is complete exactly when the
-    number of ``"`` characters seen so far is even.
-    """
-
-    def __init__(self, max_size: int = MAX_TEXT_LINE) -> None:
-        self._max_size = max_size
-        self._parts: list[str] = []
-        self._quotes = 0
-        self._size = 0
-
-    def feed(self, line: str) -> str | None:
-        """Add one line (without its newline); return the record once it is complete.
-
-        Raises ValueError, and forgets the partial record, if it grows beyond the limit.
-        """
-        self._parts.append(line)
-        self._quotes += line.count('"')
-        self._size += len(line) + 1
-        if self._size > self._max_size:
-            self.reset()
-            raise ValueError(f"CSV log record longer than {self._max_size} characters")
-        if self._quotes % 2:
-            return None
-        text = "\n".join(self._parts)
-        self.reset()
-        return text
-
-    def reset(self) -> None:
-        self._parts.clear()
-        self._quotes = 0
-        self._size = 0
 
 
 class LineSplitter:
@@ -409,7 +267,7 @@ class LogPipes:
                 error=str(exc),
             )
             return
-        self._remember(f"{fields[_SEVERITY_INDEX]}: {fields[_MESSAGE_INDEX]}")
+        self._remember(f"{fields[SEVERITY_INDEX]}: {fields[MESSAGE_INDEX]}")
         emit_raw(entry, self._out)
 
     def _on_raw_line(self, line: str) -> None:
