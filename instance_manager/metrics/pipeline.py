@@ -2,11 +2,11 @@
 
 A Sync follows every statement, so each one is still its own implicit transaction and
 an error fails only its own statement: PostgreSQL skips what follows an error up to the
-next Sync, which is the end of that statement. All statements leave in one write and
-their results are read as they arrive: one round trip for a lane's queries instead of
-one per query, and none of the per-statement cursor work of the driver. (Statements
-sharing one Sync would be woken up for less often, but PostgreSQL holds their results
-until that Sync: a scrape measured no cheaper, and slower.)
+next Sync, which is the end of that statement. All statements are sent before any
+result is read, and results are read as they arrive: one round trip for a lane's
+queries instead of one per query, and none of the per-statement cursor work of the
+driver. (Statements sharing one Sync would wake us less often, but PostgreSQL holds
+their results until that Sync: measured, a scrape was no cheaper, and slower.)
 
 A statement is prepared (named, on that connection) the first time it is sent, in the
 same pipeline, so the server plans it once per session. Rows are decoded by psycopg's
