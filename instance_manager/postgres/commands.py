@@ -47,6 +47,13 @@ class Commands:
     async def next(self) -> Command:
         return await self._queue.get()
 
+    @staticmethod
+    def refuse(command: Command, why: Exception) -> None:
+        """Answer ``command`` with ``why`` unless its sender stopped waiting (cancelled)."""
+        done = command[1]
+        if not done.done():
+            done.set_exception(why)
+
     async def carry_out(self, pm: Postmaster, name: str, done: asyncio.Future[None]) -> bool:
         """Carry out a role command; True when the postmaster was stopped (switchover, fence)."""
         try:

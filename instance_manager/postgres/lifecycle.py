@@ -274,7 +274,7 @@ class Lifecycle:
             for task in pending:
                 task.cancel()
             if command in done and (stop in done or exit_task in done):
-                command.result()[1].set_exception(RuntimeError("PostgreSQL is stopping"))
+                self._commands.refuse(command.result(), RuntimeError("PostgreSQL is stopping"))
             elif command in done:
                 if await self._commands.carry_out(pm, *command.result()):
                     return "switchover"
