@@ -151,6 +151,10 @@ def _label_texts(label_at: list[tuple[int, str]], rows: Sequence[Sequence[Any]])
     """Each row's label text (``{a="x",b="y"}``, as labels_text makes it)."""
     if not label_at:
         return [""] * len(rows)
+    if len(label_at) == 1:
+        ((at, name),) = label_at
+        head = "{" + name + '="'
+        return [head + escape_label(_label(row[at])) + '"}' for row in rows]
     heads = [(i, f'{name}="') for i, name in label_at]
     return [
         "{" + ",".join([head + escape_label(_label(row[i])) + '"' for i, head in heads]) + "}"

@@ -8,6 +8,7 @@ and alerts. Rendering is also the hot path of a cached scrape, so it stays small
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -104,13 +105,18 @@ def labels_text(labels: Labels) -> str:
     return "{" + ",".join([f'{k}="{escape_label(v)}"' for k, v in labels]) + "}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _header(name: str, help_text: str, kind: str) -> str:
+    """A family's HELP and TYPE lines (the same every scrape)."""
+    return f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {kind}"
+
+
 def render(families: Iterable[Family]) -> bytes:
     lines: list[str] = []
     value_text = format_value
     for family in families:
         name = family.name
-        lines.append(f"# HELP {name} {_escape_help(family.help)}")
-        lines.append(f"# TYPE {name} {family.kind}")
+        lines.append(_header(name, family.help, family.kind))
         lines += [f"{name}{suffix}{text} {value_text(v)}" for suffix, text, v in family.samples]
     if not lines:
         return b""
