@@ -18,9 +18,7 @@ PACKAGES = (
 
 
 def run(code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -30,7 +28,7 @@ def run(code: str) -> str:
 NAMES = """
 import json, sys, types
 out = {}
-for package in %r:
+for package in PACKAGES:
     module = sys.modules.get(package) or __import__(package, fromlist=["_"])
     names = {}
     for name in sorted(REAL[package]):
@@ -38,10 +36,11 @@ for package in %r:
         if isinstance(value, types.ModuleType):
             names[name] = value.__name__
         else:
-            names[name] = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value)}"
+            module_name = getattr(value, "__module__", "")
+            names[name] = f"{module_name}.{getattr(value, '__qualname__', value)}"
     out[package] = names
 print(json.dumps(out))
-""" % (PACKAGES,)
+"""
 
 # The public names each real __init__ binds, from a whole import in a separate process.
 REAL_NAMES = """
@@ -49,8 +48,8 @@ import json, kubernetes_asyncio, kubernetes_asyncio.client
 import kubernetes_asyncio.client.api, kubernetes_asyncio.client.models, sys
 print(json.dumps({p: [n for n in vars(sys.modules[p])
                       if not n.startswith("_") and n != "absolute_import"]
-                  for p in %r}))
-""" % (PACKAGES,)
+                  for p in PACKAGES}))
+"""
 
 
 def test_the_daemon_s_kubernetes_modules_load_a_small_part_of_the_library() -> None:
@@ -70,8 +69,8 @@ def test_the_daemon_s_kubernetes_modules_load_a_small_part_of_the_library() -> N
 
 
 def test_every_name_resolves_to_what_the_whole_library_binds() -> None:
-    real = json.loads(run(REAL_NAMES))
-    prelude = f"REAL = {real!r}\n"
+    real = json.loads(run(f"PACKAGES = {PACKAGES!r}\n" + REAL_NAMES))
+    prelude = f"REAL = {real!r}\nPACKAGES = {PACKAGES!r}\n"
     whole = json.loads(run(prelude + "import kubernetes_asyncio.client\n" + NAMES))
     lazy = json.loads(run(prelude + "import instance_manager.kube\n" + NAMES))
     for package in PACKAGES:
@@ -106,7 +105,8 @@ def test_a_library_already_imported_whole_is_left_alone() -> None:
         "before = sys.modules['kubernetes_asyncio.client']\n"
         "import instance_manager.kube.client\n"
         "print(sys.modules['kubernetes_asyncio.client'] is before,\n"
-        "      len([m for m in sys.modules if m.startswith('kubernetes_asyncio.client.models.')]) > 100)\n"
+        "      len([m for m in sys.modules\n"
+        "           if m.startswith('kubernetes_asyncio.client.models.')]) > 100)\n"
     )
     assert out == "True True"
 
