@@ -139,8 +139,7 @@ def _install_manager(current: Settings) -> None:
 
     target = config.manager_path(current)
     try:
-        ahead = install.Ahead(current.pgdata, current.archive_spool)
-        install.install(target, config.wal_socket(current), wal_deadline(current), ahead)
+        install.install(target, config.wal_socket(current), wal_deadline(current))
     except OSError as exc:
         raise SettingsError(f"cannot install {target}: {exc}") from exc
 

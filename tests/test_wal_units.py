@@ -87,29 +87,6 @@ async def test_look_ahead_marks_then_short_circuits(tmp_path: Path) -> None:
     await a.close()
 
 
-async def test_a_marker_taken_by_the_client_counts_and_keeps_the_look_ahead_going(
-    tmp_path: Path,
-) -> None:
-    """The installed client takes the marker of a segment archived ahead itself and sends a
-    notice (thin.py, server.py "archived"): the segment counts as archived ahead, and the
-    next .ready segments are archived ahead from it, as after a request."""
-    segs = [SEG, *names.following(SEG, 4)]
-    wal = pg_wal(tmp_path, segs)
-    backend, state = Backend(), WalState()
-    a = archiver(tmp_path, backend, 3, state)
-    await a.archive(wal / segs[0])
-    await settled()  # segs 1 and 2 archived ahead
-    assert sorted(backend.archived) == segs[:3]
-    for name in segs[1:3]:  # what the client does for each: take the marker, then notify
-        (tmp_path / "spool" / name).unlink()
-        (wal / "archive_status" / f"{name}.ready").rename(wal / "archive_status" / f"{name}.done")
-        a.taken_ahead(wal / name)
-    await settled()  # the notices started uploads of segs 3 and 4
-    assert sorted(backend.archived) == segs
-    assert state.archived_count == 3 and state.archived_ahead == 2
-    await a.close()
-
-
 async def test_markers_survive_a_restart_and_failures_leave_none(tmp_path: Path) -> None:
     segs = [SEG, *names.following(SEG, 2)]
     wal = pg_wal(tmp_path, segs)

@@ -145,11 +145,6 @@ class World:
         now = hashlib.sha256(Path(real).read_bytes()).hexdigest()
         return digest in (now, before.get(real, ("", 0, ""))[2])
 
-    def inside_pg_wal(self, path: str) -> bool:
-        """``path`` resolves strictly inside pg_wal (where the server accepts a notice)."""
-        real = os.path.realpath(path)
-        return real.startswith(os.path.realpath(self.pg_wal) + "/")
-
     def restored_intact(self, name: str, destination: str) -> bool:
         real = Path(os.path.realpath(destination))
         stored = self.storage / name

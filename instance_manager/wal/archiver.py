@@ -3,8 +3,7 @@
 When PostgreSQL asks for segment N, the next ``.ready`` segments are archived at the same
 time, up to maxParallel in flight. A segment archived ahead leaves a marker file in the
 spool; PostgreSQL's later call for it finds the marker (or the still-running upload)
-and returns at once. The installed client takes a marker it finds itself and only sends
-a notice (``taken_ahead``). Markers are written only after the plugin confirmed durable
+and returns at once. Markers are written only after the plugin confirmed durable
 storage, so a marker never hides an unarchived segment; losing the spool (a new pod)
 only means archiving those segments again.
 """
@@ -50,15 +49,6 @@ class Archiver:
             self.state.failed(name, str(exc))
             self.state.ready_wal_files = len(self._ready(source.parent))
             raise
-        self._then(source)
-
-    def taken_ahead(self, source: Path) -> None:
-        """The client took the marker of ``source`` itself (thin.py): the segment counts as
-        archived ahead, and the look-ahead goes on from it as after a request."""
-        self.state.archived(source.name, ahead=True)
-        self._then(source)
-
-    def _then(self, source: Path) -> None:
         ready = self._ready(source.parent)
         self.state.ready_wal_files = len(ready)
         if self.max_parallel() > 1:

@@ -21,7 +21,6 @@ import marshal
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from instance_manager.errors import SettingsError
@@ -29,8 +28,6 @@ from instance_manager.errors import SettingsError
 _SOURCE = Path(__file__).with_name("thin.py")
 _SOCKET_LINE = re.compile(r'^SOCKET = ""$', re.M)
 _TIMEOUT_LINE = re.compile(r"^TIMEOUT = 0\.0\b.*$", re.M)
-_PG_WAL_LINE = re.compile(r'^PG_WAL = ""$', re.M)
-_SPOOL_LINE = re.compile(r'^SPOOL = ""$', re.M)
 SHEBANG_LIMIT = 255  # bytes the kernel reads of a "#!" line
 
 
@@ -39,46 +36,24 @@ def interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
-@dataclass(frozen=True)
-class Ahead:
-    """Where the client finds the markers of segments archived ahead (see thin.py)."""
-
-    pgdata: Path
-    spool: Path
-
-    @property
-    def pg_wal(self) -> str:
-        # %p is "pg_wal/NAME" below PostgreSQL's working directory, which the client reads
-        # back with getcwd(): PGDATA with its links resolved, pg_wal as it is named.
-        return os.path.realpath(self.pgdata) + "/pg_wal"
-
-
-def source(socket: Path, timeout: float, ahead: Ahead | None = None) -> str:
-    """``thin.py`` with its socket, deadline and (optionally) marker spool set."""
+def source(socket: Path, timeout: float) -> str:
+    """``thin.py`` with its socket and deadline set."""
     text = _SOURCE.read_text()
-    fills = [
-        (_SOCKET_LINE, f"SOCKET = {str(socket)!r}"),
-        (_TIMEOUT_LINE, f"TIMEOUT = {float(timeout)!r}"),
-        (_PG_WAL_LINE, f"PG_WAL = {ahead.pg_wal!r}" if ahead else 'PG_WAL = ""'),
-        (_SPOOL_LINE, f"SPOOL = {str(ahead.spool)!r}" if ahead else 'SPOOL = ""'),
-    ]
-    for pattern, line in fills:
-        text, found = pattern.subn(line, text, count=1)
-        if not found:
-            raise RuntimeError(f"{_SOURCE}: no line {pattern.pattern!r} to fill in")
+    text, found = _SOCKET_LINE.subn(f"SOCKET = {str(socket)!r}", text, count=1)
+    text, found_timeout = _TIMEOUT_LINE.subn(f"TIMEOUT = {float(timeout)!r}", text, count=1)
+    if not (found and found_timeout):
+        raise RuntimeError(f"{_SOURCE}: the SOCKET/TIMEOUT lines to fill in are missing")
     return text
 
 
-def render(
-    socket: Path, timeout: float, python: str | None = None, ahead: Ahead | None = None
-) -> str:
+def render(socket: Path, timeout: float, python: str | None = None) -> str:
     """The installed program's text: the client compiled for this interpreter's version,
     with its source as the fallback for any other."""
     python = python or interpreter()
     shebang = f"#!{python} -IS\n"
     if len(shebang) > SHEBANG_LIMIT or any(c.isspace() for c in python):
         raise SettingsError(f"interpreter path unusable in a #! line: {python!r}")
-    text = source(socket, timeout, ahead)
+    text = source(socket, timeout)
     code = marshal.dumps(compile(text, "manager", "exec", optimize=2))
     blob = binascii.b2a_base64(code, newline=False)
     return (
@@ -95,12 +70,12 @@ def render(
     )
 
 
-def install(target: Path, socket: Path, timeout: float, ahead: Ahead | None = None) -> Path:
+def install(target: Path, socket: Path, timeout: float) -> Path:
     """Write the program to ``target`` (0700, owner = us) unless it is already identical."""
     python = interpreter()
     if not os.access(python, os.X_OK):
         raise SettingsError(f"the interpreter {python} is not executable by this account")
-    text = render(socket, timeout, python, ahead)
+    text = render(socket, timeout, python)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         if target.read_text() == text and os.access(target, os.X_OK):

@@ -54,8 +54,8 @@ def parse(line: bytes) -> dict[str, Any]:
         fields = line.rstrip(b"\n").decode().split("\0")
     except UnicodeDecodeError:
         raise BadRequest("request is not UTF-8") from None
-    if fields[0] in ("archive", "archived") and len(fields) == 2:
-        request: dict[str, Any] = {"op": fields[0], "path": fields[1]}
+    if fields[0] == "archive" and len(fields) == 2:
+        request: dict[str, Any] = {"op": "archive", "path": fields[1]}
     elif fields[0] == "restore" and len(fields) == 4 and fields[3] in ("0", "1"):
         request = {
             "op": "restore",
@@ -136,8 +136,6 @@ class WalServer:
             request = parse(line)
             if request["op"] == "archive":
                 await self.archiver.archive(self.archive_source(request["path"]))
-            elif request["op"] == "archived":  # a notice: the client took the marker
-                self.archiver.taken_ahead(self.archive_source(request["path"]))
             else:
                 dest = self.restore_destination(request["dest"])
                 await self.restorer.restore(request["name"], dest, bool(request.get("rewind")))

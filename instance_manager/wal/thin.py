@@ -20,13 +20,8 @@ Usage:
     manager wal-archive [--socket S] [--timeout SECONDS] PATH                 (%p)
     manager wal-restore [--socket S] [--timeout SECONDS] [--rewind] NAME PATH (%f %p)
 
-A segment the daemon archived ahead (``wal.maxParallel`` > 1) has a marker in the daemon's
-spool, written once the plugins stored it durably: the installed client takes that marker
-itself, exits 0, and only notifies the daemon, without waiting for an answer.
-
 Protocol, one line each way, fields separated by NUL (which no path can contain):
     request  "archive" NUL path LF  |  "restore" NUL name NUL path NUL ("0"|"1") LF
-             |  "archived" NUL path LF       (a notice: the client took the path's marker)
     reply    "ok" LF  |  "error" NUL code NUL message LF      (code: not_found | error)
 """
 
@@ -37,11 +32,6 @@ import sys
 # Filled in by the installer; empty when the package runs this module itself.
 SOCKET = ""
 TIMEOUT = 0.0  # seconds; 0 = DEFAULT_TIMEOUT
-# Also filled in: PGDATA/pg_wal as PostgreSQL's %p reaches it, and the daemon's spool of
-# markers of segments archived ahead (empty: always ask the daemon).
-PG_WAL = ""
-SPOOL = ""
-NOTICE_TIMEOUT = 1.0  # seconds to hand the daemon the notice of a marker taken
 
 DEFAULT_TIMEOUT = 120.0
 # A socket timeout must fit the C clock; "inf" or 1e300 would not.
@@ -84,36 +74,6 @@ def ask(request: Request) -> list[str]:
     finally:
         conn.close()
     return data[:-1].decode(errors="replace").split("\0")
-
-
-def take_marker(request: Request) -> bool:
-    """True when ``request`` archives a segment the daemon already archived ahead: its marker
-    (written only once the plugins stored the segment durably) is taken here, so PostgreSQL
-    need not wait for the daemon's answer."""
-    if not (PG_WAL and SPOOL) or request.fields[0] != "archive":
-        return False
-    directory, _, name = request.fields[1].rpartition("/")
-    if directory != PG_WAL or name in ("", ".", ".."):
-        return False
-    try:
-        posix.unlink(SPOOL + "/" + name)
-    except OSError:
-        return False
-    return True
-
-
-def notify(request: Request) -> None:
-    """Tell the daemon that a marker was taken (its figures, its next look-ahead), without
-    waiting for its answer; the segment is archived whether or not this arrives."""
-    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    conn.settimeout(min(request.timeout, NOTICE_TIMEOUT))
-    try:
-        conn.connect(request.socket)
-        conn.sendall(("archived\0" + request.fields[1] + "\n").encode())
-    except OSError:
-        pass
-    finally:
-        conn.close()
 
 
 def _options(args: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -170,9 +130,6 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_USAGE
-    if take_marker(request):
-        notify(request)
-        return EXIT_OK
     what = f"{request.fields[0]} {request.fields[1].rpartition('/')[2]}"
     try:
         reply = ask(request)
