@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -217,9 +219,23 @@ def test_look_ahead_archives_the_next_ready_segments(instance: Instance, daemons
         assert set(closed) <= set(plugin.archived())
         for name in closed:
             assert (plugin.storage / name).exists()
+        # Each segment counted once, whether uploaded on PostgreSQL's call or ahead of it.
+        stored = len(set(plugin.archived()))
+        wait_for(lambda: archive_counters(instance)[0] == stored, 30, "every segment counted")
+        assert archive_counters(instance)[1] > 0  # some answered from their marker
         assert daemon.stop() == 0
     finally:
         plugin.stop()
+
+
+def archive_counters(inst: Instance) -> tuple[int, int]:
+    """The daemon's cnpg_collector_wal_archive_archived_total and ..._archived_ahead_total."""
+    url = f"http://127.0.0.1:{inst.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    pattern = r"^cnpg_collector_wal_archive_(archived(?:_ahead)?_total) (\S+)$"
+    found = dict(re.findall(pattern, text, re.M))
+    return int(float(found["archived_total"])), int(float(found["archived_ahead_total"]))
 
 
 def run_thin(*args: str) -> subprocess.CompletedProcess[str]:
