@@ -13,6 +13,18 @@ from tests.daemon import wait_for
 pytestmark = pytest.mark.slow
 
 
+def switchover(trio: Trio, target: str) -> subprocess.CompletedProcess[str]:
+    """``instance-manager switchover --to target``, which must succeed."""
+    out = subprocess.run(
+        trio.cli("switchover", "--to", target, "--timeout", "120"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr + trio.tails()
+    return out
+
+
 def started(trio: Trio) -> None:
     trio.start_all()
     try:
@@ -31,13 +43,7 @@ def test_switchover_under_load_loses_no_acknowledged_transaction(three_instances
     trio.sql("pg-1", "CREATE TABLE load (id bigint PRIMARY KEY)")
     with Writer(trio) as writer:
         wait_for(lambda: len(writer.committed) >= 50, 30, "writes before the switchover")
-        out = subprocess.run(
-            trio.cli("switchover", "--to", "pg-2", "--timeout", "120"),
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert out.returncode == 0, out.stdout + out.stderr + trio.tails()
+        out = switchover(trio, "pg-2")
         before = len(writer.committed)
         wait_for(lambda: len(writer.committed) >= before + 50, 30, "writes after the switchover")
     assert "pg-2 is the current primary" in out.stdout
@@ -63,13 +69,7 @@ def test_switchover_there_and_back(three_instances: Trio) -> None:
     started(trio)
     for target, old in (("pg-2", "pg-1"), ("pg-1", "pg-2")):
         wait_for(lambda t=target: trio.report(t).get("ready"), 30, f"{target} ready")
-        out = subprocess.run(
-            trio.cli("switchover", "--to", target, "--timeout", "120"),
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert out.returncode == 0, out.stdout + out.stderr + trio.tails()
+        out = switchover(trio, target)
         assert f"{old} rejoined as a standby" in out.stdout
         assert trio.current_primary() == target
     trio.wait_streaming("pg-1", {"pg-2", "pg-3"})
@@ -89,12 +89,6 @@ def test_switchover_with_tls_status_ports(three_instances: Trio) -> None:
         wait_for(lambda: trio.report("pg-2").get("ready"), 60, "pg-2 ready")
     except AssertionError:
         raise AssertionError(trio.tails()) from None
-    out = subprocess.run(
-        trio.cli("switchover", "--to", "pg-2", "--timeout", "120"),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr + trio.tails()
+    out = switchover(trio, "pg-2")
     assert "pg-2 accepts connections as primary" in out.stdout
     assert trio.current_primary() == "pg-2"
