@@ -29,6 +29,7 @@ from walkit import (
     Plugin,
     Restored,
     Window,
+    archive_command,
     archive_window,
     cluster_yaml,
     manager_argv,
@@ -117,15 +118,19 @@ def measure_calls(b: Bench) -> Calls:
     segment.write_bytes(os.urandom(SEGMENT_MB << 20))
     daemon = b.daemon(b.primary, 1)
     thin = manager_argv(b.primary, "wal-archive", str(small))
+    shell = ["/bin/sh", "-c", archive_command(b.primary, small)]  # what PostgreSQL runs
     marker = spool_marker(b.primary, small.name)
     bare = [PYTHON, "-I", "-S", "-c"]
-    commands = {"thin": thin, "ahead": thin, "python": [*bare, "pass"]}
+    commands = {"thin": thin, "ahead": shell, "shell": shell, "python": [*bare, "pass"]}
     commands |= {"imports": [*bare, THIN_IMPORTS], "true": ["/bin/true"]}
     if shutil.which("pgbackrest"):
         commands["pgbackrest"] = ["pgbackrest", "version"]
     print(f"Per call: {', '.join(commands)}, {b.cfg.calls} runs each ...", flush=True)
-    prepare = {"ahead": ["touch", str(marker)]}  # as if archived ahead: no plugin call
+    # "ahead": as if archived ahead, the marker the shell finds; the others go to the plugin.
+    unmarked = ["rm", "-f", str(marker)]
+    prepare = {"thin": unmarked, "ahead": ["touch", str(marker)], "shell": unmarked}
     times = time_commands(commands, b.cfg.calls, b.top / "hyperfine.json", prepare)
+    marker.unlink(missing_ok=True)
     rss = {"thin": peak_rss_kb(thin), "python": peak_rss_kb(commands["python"])}
     trips = {
         "small file": round_trip_ms(b.primary.wal_socket, small, 50),

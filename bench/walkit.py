@@ -24,7 +24,7 @@ from harness import REPO, BenchError, Daemon, Layout, Processes, stop_process, w
 from pgctl import pg_log_time
 
 PLUGIN = "fake.example.io"
-PYTHON = os.path.realpath(sys.executable)  # the interpreter in SCRATCH/bin/manager's #! line
+PYTHON = os.path.realpath(sys.executable)  # the interpreter that runs SCRATCH/bin/manager.pyc
 SEGMENT_MB = 16  # initdb --wal-segsize: PostgreSQL's default, as the issue's floor (~90 segments/s)
 
 
@@ -44,8 +44,17 @@ spec:
 
 
 def manager_argv(lay: Layout, *args: str) -> list[str]:
-    """The per-segment client as PostgreSQL runs it: the copy the daemon installed."""
-    return [str(lay.scratch / "bin" / "manager"), *args]
+    """The per-segment client as PostgreSQL's commands run it: the compiled copy the
+    daemon installed, on the interpreter that compiled it (postgres/config.wal_client)."""
+    return [PYTHON, "-IS", str(lay.scratch / "bin" / "manager.pyc"), *args]
+
+
+def archive_command(lay: Layout, path: Path) -> str:
+    """The running PostgreSQL's archive_command for the WAL file ``path``, as its archiver
+    hands it to /bin/sh: the marker test in the shell, then the client."""
+    with connect(lay.pg_port) as conn:
+        command = str(conn.execute("SHOW archive_command").fetchone()[0])  # type: ignore[index]
+    return command.replace("%f", path.name).replace("%p", str(path))
 
 
 def spool_marker(lay: Layout, name: str) -> Path:

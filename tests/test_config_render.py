@@ -128,7 +128,9 @@ def test_mandatory_values_come_from_settings(tmp_root: Path) -> None:
     assert values["cluster_name"] == "render-test"
     assert values["unix_socket_directories"] == str(tmp_root / "c" / "run")
     assert values["log_directory"] == str(tmp_root / "c" / "log")
-    assert values["archive_command"] == f"{tmp_root / 'c' / 'bin' / 'manager'} wal-archive %p"
+    client = f"{config.interpreter()} -IS {tmp_root / 'c' / 'bin' / 'manager.pyc'}"
+    marker = tmp_root / "c" / "wal-archive-spool" / "%f"
+    assert values["archive_command"] == f"test -e {marker} || exec {client} wal-archive %p"
     assert values["archive_mode"] == "on"
     assert values["logging_collector"] == "on"
     assert values["restart_after_crash"] == "off"

@@ -6,17 +6,19 @@ import os
 import pwd
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
+from importlib.util import MAGIC_NUMBER
 from pathlib import Path
 
 import pytest
 
 from instance_manager.errors import SettingsError
+from instance_manager.postgres import config
 from instance_manager.process import readable
 from instance_manager.wal import install
 from tests.daemon import PYTHON
+from tests.test_config_render import make_settings
 
 
 class LineServer:
@@ -62,7 +64,9 @@ def ok_server(tmp_root: Path) -> Iterator[LineServer]:
     server.close()
 
 
-def run(program: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    program: Path | str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(program), *args], capture_output=True, text=True, timeout=30, cwd=cwd, env={}
     )
@@ -70,10 +74,14 @@ def run(program: Path, *args: str, cwd: Path | None = None) -> subprocess.Comple
 
 def test_installed_program_speaks_for_postgresql(tmp_root: Path, ok_server: LineServer) -> None:
     target = install.install(tmp_root / "scratch" / "bin" / "manager", ok_server.path, 5)
-    assert target.read_text().startswith(f"#!{install.interpreter()} -IS\n")
-    assert target.stat().st_mode & 0o777 == 0o700
+    assert target.read_text().startswith(f"#!{config.interpreter()} -IS\n")
+    compiled = config.client_path(target)
+    assert compiled.read_bytes().startswith(MAGIC_NUMBER)
+    for path in (target, compiled):
+        assert path.stat().st_mode & 0o777 == 0o700
     assert target.parent.stat().st_mode & 0o777 == 0o700
-    done = run(target, "wal-archive", "pg_wal/000000010000000000000001", cwd=tmp_root)
+    client = [config.interpreter(), "-IS", str(compiled)]  # as PostgreSQL's commands run it
+    done = run(*client, "wal-archive", "pg_wal/000000010000000000000001", cwd=tmp_root)
     assert done.returncode == 0, done.stderr
     restored = run(target, "wal-restore", "--rewind", "000000010000000000000002", "/x/RECOVERYXLOG")
     assert restored.returncode == 0, restored.stderr
@@ -105,27 +113,39 @@ def test_installed_program_refuses_bad_usage(tmp_root: Path, ok_server: LineServ
 
 def test_reinstall_replaces_a_changed_copy_and_keeps_an_identical_one(tmp_root: Path) -> None:
     target = install.install(tmp_root / "bin" / "manager", tmp_root / "a.sock", 5)
-    inode = target.stat().st_ino
-    assert install.install(target, tmp_root / "a.sock", 5).stat().st_ino == inode
+    compiled = config.client_path(target)
+    inodes = target.stat().st_ino, compiled.stat().st_ino
+    assert install.install(target, tmp_root / "a.sock", 5) == target
+    assert (target.stat().st_ino, compiled.stat().st_ino) == inodes
     install.install(target, tmp_root / "b.sock", 5)
     assert f"# socket: {str(tmp_root / 'b.sock')!r}" in target.read_text()
-    assert target.stat().st_ino != inode
-    assert [p.name for p in target.parent.iterdir()] == ["manager"]
+    assert str(tmp_root / "b.sock").encode() in compiled.read_bytes()
+    assert target.stat().st_ino != inodes[0] and compiled.stat().st_ino != inodes[1]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["manager", "manager.pyc"]
 
 
-def test_installed_program_compiles_its_source_under_another_python(
-    tmp_root: Path, ok_server: LineServer
-) -> None:
-    """The compiled client is for the installing interpreter's version only: any other
-    version runs the source the copy carries."""
-    target = install.install(tmp_root / "bin" / "manager", ok_server.path, 5)
-    text = target.read_text()
-    check = f"sys.hexversion >> 16 == {sys.hexversion >> 16:#x}"
-    assert text.count(check) == 1 and "marshal.loads" in text
-    target.write_text(text.replace(check, "sys.hexversion >> 16 == 0x0"))
-    done = run(target, "wal-archive", "/pg_wal/000000010000000000000003")
-    assert done.returncode == 0, done.stderr
-    assert ok_server.requests == [b"archive\0/pg_wal/000000010000000000000003\n"]
+def test_archive_command_answers_a_marked_segment_in_the_shell(tmp_root: Path) -> None:
+    """PostgreSQL runs archive_command with /bin/sh: a segment whose marker is in the spool
+    is answered there, with no client and no daemon; any other one goes to the client."""
+    current = make_settings(tmp_root)
+    install.install(config.manager_path(current), config.wal_socket(current), 5)
+    segment = "000000010000000000000007"
+    pg_wal = current.pgdata / "pg_wal"
+    pg_wal.mkdir()
+    (pg_wal / segment).write_bytes(b"wal")
+    command = config.archive_command(current).replace("%f", segment)
+    command = command.replace("%p", f"pg_wal/{segment}")
+
+    def archive_command() -> subprocess.CompletedProcess[str]:
+        return run("/bin/sh", "-c", command, cwd=current.pgdata)
+
+    missed = archive_command()  # no marker, and no daemon behind the socket
+    assert missed.returncode == 1
+    assert f"wal archive {segment}: instance manager not reachable" in missed.stderr
+    current.archive_spool.mkdir(parents=True)
+    (current.archive_spool / segment).touch()
+    answered = archive_command()
+    assert (answered.returncode, answered.stderr) == (0, "")
 
 
 def test_readability_check_names_a_path_in_a_private_home(tmp_root: Path) -> None:

@@ -27,9 +27,15 @@ class Backend:
         self.fail: set[str] = set()
         self.archive_store: dict[str, bytes] = {}
         self.restore_calls: list[tuple[str, bool]] = []
+        self.in_flight = self.most_in_flight = 0
 
     async def archive(self, source: Path) -> None:
-        await asyncio.sleep(self.delay)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         if source.name in self.fail:
             raise PluginError(f"cannot store {source.name}")
         self.archived.append(source.name)
@@ -46,9 +52,13 @@ def pg_wal(root: Path, segments: list[str]) -> Path:
     wal = root / "pg_wal"
     (wal / "archive_status").mkdir(parents=True)
     for name in segments:
-        (wal / name).write_bytes(name.encode())
-        (wal / "archive_status" / f"{name}.ready").touch()
+        pg_wal_add(wal, name)
     return wal
+
+
+def pg_wal_add(wal: Path, name: str) -> None:
+    (wal / name).write_bytes(name.encode())
+    (wal / "archive_status" / f"{name}.ready").touch()
 
 
 def background() -> set[asyncio.Task[object]]:
@@ -71,19 +81,49 @@ def archiver(tmp_path: Path, backend: Backend, parallel: int, state: WalState) -
     return a
 
 
+async def archived_by_postgresql(a: Archiver, wal: Path, name: str) -> None:
+    """PostgreSQL's archiver: archive_command for ``name``, then .ready becomes .done."""
+    await a.archive(wal / name)
+    status = wal / "archive_status"
+    (status / f"{name}.ready").rename(status / f"{name}.done")
+
+
 async def test_look_ahead_marks_then_short_circuits(tmp_path: Path) -> None:
     segs = [SEG, *names.following(SEG, 3)]
     wal = pg_wal(tmp_path, segs)
     backend, state = Backend(delay=0.01), WalState()
     a = archiver(tmp_path, backend, 4, state)
-    await a.archive(wal / segs[0])
+    await archived_by_postgresql(a, wal, segs[0])
     await settled()  # the three look-ahead uploads
     assert sorted(backend.archived) == segs
+    assert state.archived_count == 4 and state.archived_ahead == 3  # counted when stored
     for name in segs[1:]:
-        await a.archive(wal / name)
+        await archived_by_postgresql(a, wal, name)
     assert len(backend.archived) == 4  # nothing uploaded twice
-    assert state.archived_count == 4 and state.archived_ahead == 3
-    assert not list((tmp_path / "spool").iterdir())  # markers consumed
+    assert state.archived_count == 4
+    # The next request drops the markers of the segments PostgreSQL is done with.
+    later = names.following(segs[-1], 1)[0]
+    pg_wal_add(wal, later)
+    await a.archive(wal / later)
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [later]
+    await a.close()
+
+
+async def test_look_ahead_keeps_pace_with_a_backlog(tmp_path: Path) -> None:
+    """One request starts the look-ahead; each upload that succeeds starts the next, with
+    never more than maxParallel - 1 uploads ahead, until the backlog is stored."""
+    segs = [SEG, *names.following(SEG, 11)]
+    wal = pg_wal(tmp_path, segs)
+    backend, state = Backend(delay=0.01), WalState()
+    a = archiver(tmp_path, backend, 3, state)
+    await archived_by_postgresql(a, wal, segs[0])
+    await settled()
+    assert sorted(backend.archived) == segs
+    assert backend.most_in_flight == 2
+    for name in segs[1:]:  # PostgreSQL's calls: every one answered from its marker
+        await archived_by_postgresql(a, wal, name)
+    assert len(backend.archived) == 12
+    assert state.archived_count == 12 and state.archived_ahead == 11
     await a.close()
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import pwd
 import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +70,25 @@ def ssl_enabled(settings: Settings) -> bool:
 
 
 def manager_path(settings: Settings) -> Path:
-    """The per-segment client the daemon installs at start (``wal/install.py``)."""
+    """The per-segment client the daemon installs at start (``wal/install.py``), as a
+    script to run by hand; PostgreSQL runs its compiled twin (``wal_client``)."""
     return settings.instance.scratchDir / "bin" / "manager"
+
+
+def client_path(manager: Path) -> Path:
+    """The compiled client installed beside the script ``manager``."""
+    return manager.with_name(manager.name + ".pyc")
+
+
+def interpreter() -> str:
+    """The real interpreter behind ``sys.executable`` (a venv's python is a symlink)."""
+    return os.path.realpath(sys.executable)
+
+
+def wal_client(settings: Settings) -> list[str]:
+    """The command line of the installed client: the interpreter that compiled it, with
+    ``-I -S`` (the client uses built-in modules only), on the compiled file."""
+    return [interpreter(), "-IS", str(client_path(manager_path(settings)))]
 
 
 def wal_socket(settings: Settings) -> Path:
@@ -85,11 +103,15 @@ def wal_socket_in(scratch_dir: Path) -> Path:
 
 
 def _wal_command(settings: Settings, *args: str) -> str:
-    return shlex.quote(str(manager_path(settings))) + " " + " ".join(args)
+    return " ".join([*map(shlex.quote, wal_client(settings)), *args])
 
 
 def archive_command(settings: Settings) -> str:
-    return _wal_command(settings, "wal-archive", "%p")
+    """The client, unless the shell finds the segment's marker in the archive spool: a
+    segment the daemon has already stored (``wal/archiver.py``) costs PostgreSQL no more
+    than the shell it runs every command in."""
+    marker = shlex.quote(str(settings.archive_spool)) + "/%f"
+    return f"test -e {marker} || exec {_wal_command(settings, 'wal-archive', '%p')}"
 
 
 def restore_command(settings: Settings, rewind: bool = False) -> str:

@@ -1,19 +1,27 @@
 """Archiving with look-ahead (CNPG's ``wal.maxParallel``).
 
-When PostgreSQL asks for segment N, the next ``.ready`` segments are archived at the same
-time, up to maxParallel in flight. A segment archived ahead leaves a marker file in the
-spool; PostgreSQL's later call for it finds the marker (or the still-running upload)
-and returns at once. Markers are written only after the plugin confirmed durable
-storage, so a marker never hides an unarchived segment; losing the spool (a new pod)
-only means archiving those segments again.
+When PostgreSQL asks for a segment and maxParallel is above 1, up to maxParallel - 1 of
+the next ``.ready`` segments are uploaded at the same time, and each upload that succeeds
+starts the next one, so the look-ahead keeps pace with a backlog on its own.
+
+Every segment stored while maxParallel is above 1 leaves a marker file in the spool,
+written only after the plugin confirmed durable storage, so a marker never hides an
+unarchived segment. PostgreSQL's archive_command tests for the marker in the shell before
+it starts the client (``postgres/config.py``): a segment stored ahead costs PostgreSQL a
+shell's start, not an interpreter's. When the client runs all the same (the upload was
+still running), the daemon waits for that upload and answers from its marker. A marker is
+removed once its segment has no ``.ready`` file any more, that is once PostgreSQL has
+recorded it as archived; losing the spool (a new pod) only means archiving those
+segments again. Each stored segment is counted once, when the plugin stored it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from instance_manager import log
@@ -36,6 +44,7 @@ class Archiver:
         self.max_parallel = max_parallel
         self.state = state
         self._ahead: dict[str, asyncio.Task[None]] = {}
+        self._asked: set[str] = set()  # what PostgreSQL is asking for right now
 
     def prepare(self) -> None:
         self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -43,61 +52,78 @@ class Archiver:
     async def archive(self, source: Path) -> None:
         """Archive ``source`` (an absolute path in pg_wal); raise on failure."""
         name = source.name
+        self._asked.add(name)
         try:
             await self._archive_one(source)
         except Exception as exc:
             self.state.failed(name, str(exc))
             self.state.ready_wal_files = len(self._ready(source.parent))
             raise
-        ready = self._ready(source.parent)
-        self.state.ready_wal_files = len(ready)
-        if self.max_parallel() > 1:
-            self._look_ahead(source, ready)
+        finally:
+            self._asked.discard(name)
+        self._refill(source.parent)
 
     async def _archive_one(self, source: Path) -> None:
         name = source.name
         running = self._ahead.get(name)
         if running is not None:
             await asyncio.shield(running)  # never raises: a failure leaves no marker
-        if self._take_marker(name):
-            self.state.archived(name, ahead=True)
-            return
+        if (self.spool / name).exists():
+            return  # stored earlier, and counted then
         await self.backend.archive(source)
         self.state.archived(name)
+        if self.max_parallel() > 1:
+            self._mark(name)  # so that the look-ahead does not store it again
 
-    def _take_marker(self, name: str) -> bool:
-        try:
-            (self.spool / name).unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-    def _look_ahead(self, source: Path, ready: list[str]) -> None:
-        """Start uploads of the next .ready segments, keeping maxParallel - 1 in flight."""
+    def _refill(self, pg_wal: Path) -> None:
+        """Start uploads of the first .ready segments nobody has taken care of, keeping
+        maxParallel - 1 in flight, and drop the markers PostgreSQL no longer needs."""
+        ready = self._ready(pg_wal)
+        self.state.ready_wal_files = len(ready)
         room = self.max_parallel() - 1 - len(self._ahead)
         if room <= 0:
             return
+        busy = self._ahead.keys() | self._asked | self._prune(ready)
         loop = asyncio.get_running_loop()
-        for name in self._next_ready(source.name, ready, room):
-            self._ahead[name] = loop.create_task(self._archive_ahead(source.parent / name))
+        for name in heapq.nsmallest(room, (n for n in ready if n not in busy)):
+            self._ahead[name] = loop.create_task(self._archive_ahead(pg_wal / name))
 
-    def _next_ready(self, current: str, ready: list[str], limit: int) -> list[str]:
-        """The first ``limit`` ready names after ``current`` not already taken care of."""
-        later = (n for n in ready if n > current and n not in self._ahead)
-        candidates = heapq.nsmallest(limit + len(self._ahead), later)
-        return [n for n in candidates if not (self.spool / n).exists()][:limit]
+    def _prune(self, ready: Iterable[str]) -> set[str]:
+        """The markers of segments still waiting in archive_status; the others are removed."""
+        try:
+            entries = os.listdir(self.spool)
+        except FileNotFoundError:
+            return set()
+        waiting = set(ready)
+        for entry in entries:
+            if entry not in waiting:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.spool / entry)
+        return waiting.intersection(entries)
 
     async def _archive_ahead(self, source: Path) -> None:
-        """Upload one segment early; on success leave its marker. Never raises."""
+        """Upload one segment early; on success leave its marker and start the next.
+        Never raises: PostgreSQL asks for a segment that failed here in its turn."""
+        name = source.name
         try:
             await self.backend.archive(source)
-            (self.spool / source.name).touch()
-            log.event(_logger, "archived ahead", wal=source.name)
         except Exception as exc:
-            # Not fatal: PostgreSQL asks for it in turn and we archive it then.
-            log.event(_logger, "archive ahead failed", wal=source.name, error=str(exc))
+            log.event(_logger, "archive ahead failed", wal=name, error=str(exc))
+            return
         finally:
-            self._ahead.pop(source.name, None)
+            self._ahead.pop(name, None)
+        self.state.archived(name, ahead=True)
+        if self._mark(name):
+            log.event(_logger, "archived ahead", wal=name)
+            self._refill(source.parent)
+
+    def _mark(self, name: str) -> bool:
+        try:
+            (self.spool / name).touch()
+        except OSError as exc:
+            log.event(_logger, "cannot leave an archive marker", wal=name, error=str(exc))
+            return False
+        return True
 
     @staticmethod
     def _ready(pg_wal: Path) -> list[str]:

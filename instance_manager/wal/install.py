@@ -1,39 +1,41 @@
-"""Install the per-segment client as ``SCRATCH/bin/manager``, the program PostgreSQL runs.
+"""Install the per-segment client in ``SCRATCH/bin``, the program PostgreSQL runs.
 
 archive_command and restore_command must keep working whatever happens to the package:
 an upgrade of the virtualenv, a ``PUT /update`` that swaps the daemon's build, or a
 source tree that the account PostgreSQL runs as cannot read. So at every start the
-daemon writes a self-contained copy of ``thin.py`` into its scratch directory, with
-the interpreter in its first line and the WAL socket and deadline filled in, and
-replaces the previous copy atomically. The interpreter is the base one behind the
-virtualenv (``-I -S``: the client uses built-in modules only).
+daemon writes a self-contained copy of ``thin.py``, with the WAL socket and deadline
+filled in, and replaces the previous copy atomically, in two forms:
 
-The copy holds the client compiled by the daemon (``marshal``, base64), so PostgreSQL's
-calls skip compiling it: about 0.5 ms of each call's ~2 ms beyond the interpreter's own
-start. Compiled code is only valid for the Python version that made it, so the copy
-checks the running version first and otherwise compiles the source it also carries.
+- ``manager.pyc``, the client compiled by the daemon's interpreter, which PostgreSQL's
+  commands run as ``<that interpreter> -IS manager.pyc`` (``postgres/config.py``): a
+  call skips compiling anything, about 0.8 ms of the ~1.5 ms a call costs beyond the
+  interpreter's own start (bench/wal.py);
+- ``manager``, the same client as a script with the interpreter in its ``#!`` line, to
+  run by hand.
+
+The interpreter is the base one behind the virtualenv (``-I -S``: the client uses
+built-in modules only). Compiled code is only valid for the interpreter that made it, and
+the commands name that very interpreter.
 """
 
 from __future__ import annotations
 
-import binascii
 import marshal
 import os
 import re
-import sys
+from importlib.util import MAGIC_NUMBER
 from pathlib import Path
 
 from instance_manager.errors import SettingsError
+from instance_manager.postgres.config import client_path, interpreter
 
 _SOURCE = Path(__file__).with_name("thin.py")
 _SOCKET_LINE = re.compile(r'^SOCKET = ""$', re.M)
 _TIMEOUT_LINE = re.compile(r"^TIMEOUT = 0\.0\b.*$", re.M)
 SHEBANG_LIMIT = 255  # bytes the kernel reads of a "#!" line
-
-
-def interpreter() -> str:
-    """The real interpreter behind ``sys.executable`` (a venv's python is a symlink)."""
-    return os.path.realpath(sys.executable)
+# A .pyc header: the magic number, flags 0 (checked against the source's mtime, which
+# nobody does when the file is run directly), then a zero mtime and source size.
+_PYC_HEADER = MAGIC_NUMBER + bytes(12)
 
 
 def source(socket: Path, timeout: float) -> str:
@@ -46,47 +48,50 @@ def source(socket: Path, timeout: float) -> str:
     return text
 
 
-def render(socket: Path, timeout: float, python: str | None = None) -> str:
-    """The installed program's text: the client compiled for this interpreter's version,
-    with its source as the fallback for any other."""
-    python = python or interpreter()
+def render(socket: Path, timeout: float, python: str) -> str:
+    """The script: the client's source under a ``#!`` line naming ``python``."""
     shebang = f"#!{python} -IS\n"
     if len(shebang) > SHEBANG_LIMIT or any(c.isspace() for c in python):
         raise SettingsError(f"interpreter path unusable in a #! line: {python!r}")
-    text = source(socket, timeout)
-    code = marshal.dumps(compile(text, "manager", "exec", optimize=2))
-    blob = binascii.b2a_base64(code, newline=False)
     return (
         f"{shebang}"
         "# The instance manager's WAL client (instance_manager/wal/thin.py), installed by\n"
-        "# the daemon; PostgreSQL runs it for each WAL file. Rewritten at every start.\n"
+        "# the daemon; PostgreSQL runs its compiled twin, manager.pyc. Rewritten at every start.\n"
         f"# socket: {str(socket)!r}\n# deadline: {float(timeout)!r} s\n"
-        "import sys\n"
-        f"if sys.hexversion >> 16 == {sys.hexversion >> 16:#x}:  # the version that compiled it\n"
-        "    import binascii, marshal\n"
-        f"    exec(marshal.loads(binascii.a2b_base64({blob!r})))\n"
-        "else:\n"
-        f"    exec(compile({text!r}, __file__, 'exec'))\n"
+        f"{source(socket, timeout)}"
     )
 
 
+def compiled(socket: Path, timeout: float) -> bytes:
+    """The client as a .pyc for this interpreter."""
+    code = compile(source(socket, timeout), "manager", "exec", optimize=2)
+    return _PYC_HEADER + marshal.dumps(code)
+
+
 def install(target: Path, socket: Path, timeout: float) -> Path:
-    """Write the program to ``target`` (0700, owner = us) unless it is already identical."""
+    """Write the script to ``target`` and the compiled client beside it (``client_path``),
+    both 0700 and owned by us, each unless it is already identical; ``target``."""
     python = interpreter()
     if not os.access(python, os.X_OK):
         raise SettingsError(f"the interpreter {python} is not executable by this account")
-    text = render(socket, timeout, python)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(client_path(target), compiled(socket, timeout))
+    _write(target, render(socket, timeout, python).encode())
+    return target
+
+
+def _write(target: Path, data: bytes) -> None:
+    """Replace ``target`` with ``data`` atomically and durably, unless it holds them."""
     try:
-        if target.read_text() == text and os.access(target, os.X_OK):
-            return target
+        if target.read_bytes() == data and os.access(target, os.X_OK):
+            return
     except OSError:
         pass
     temporary = target.with_name(f".{target.name}.{os.getpid()}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temporary, 0o700)
@@ -94,4 +99,3 @@ def install(target: Path, socket: Path, timeout: float) -> Path:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return target

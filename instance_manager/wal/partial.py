@@ -55,7 +55,7 @@ def thin_client_archiver(settings: Callable[[], Settings]) -> ArchiveFile:
 
     async def archive(path: Path) -> None:
         s = settings()
-        argv = [str(config.manager_path(s)), "wal-archive", str(path)]
+        argv = [*config.wal_client(s), "wal-archive", str(path)]
         await spawn.run(argv, env=spawn.base_env(), timeout=ARCHIVE_TIMEOUT)
 
     return archive

@@ -1,20 +1,22 @@
 """The per-segment client PostgreSQL runs as archive_command / restore_command.
 
-The daemon installs a copy of this file as ``SCRATCH/bin/manager`` at every start
-(``wal/install.py``), with its socket path and deadline filled in below, and PostgreSQL
-runs ``SCRATCH/bin/manager wal-archive %p`` and ``... wal-restore %f %p``, the way
-CloudNativePG runs its copied ``/controller/manager``. The copy is self-contained: it needs
-neither the package nor its virtualenv, so a package upgrade or ``PUT /update`` cannot
-break it, and the account PostgreSQL runs as never reads the source tree.
+The daemon installs this file, with its socket path and deadline filled in below, at
+every start (``wal/install.py``): compiled as ``SCRATCH/bin/manager.pyc``, which
+PostgreSQL runs as ``<python> -IS SCRATCH/bin/manager.pyc wal-archive %p`` and
+``... wal-restore %f %p``, the way CloudNativePG runs its copied ``/controller/manager``,
+and as the script ``SCRATCH/bin/manager`` to run by hand. The copy is self-contained: it
+needs neither the package nor its virtualenv, so a package upgrade or ``PUT /update``
+cannot break it, and the account PostgreSQL runs as never reads the source tree.
 
 PostgreSQL starts it once per WAL file, so its start-up time is archive latency. It
 imports nothing beyond built-in C modules (``sys``, ``posix``, ``_socket``; even ``os``,
-``json`` and ``socket`` would double its start-up), runs as ``python -I -S``, and the
-installed copy is already compiled: a call costs the bare interpreter's start plus the
-daemon's answer (bench/wal.py measures both). It asks the running daemon over a Unix
-socket and exits 0 only when the daemon confirms; any failure, including no answer within
-the deadline, exits 1 with one line on stderr, and PostgreSQL retries later. It never
-pretends success.
+``json`` and ``socket`` would double its start-up) and runs as ``python -I -S`` on
+compiled code: a call costs the bare interpreter's start plus the daemon's answer
+(bench/wal.py measures both). A segment the daemon has already archived ahead does not
+start it at all: archive_command tests for its marker in the shell first. It asks the
+running daemon over a Unix socket and exits 0 only when the daemon confirms; any failure,
+including no answer within the deadline, exits 1 with one line on stderr, and PostgreSQL
+retries later. It never pretends success.
 
 Usage:
     manager wal-archive [--socket S] [--timeout SECONDS] PATH                 (%p)
