@@ -68,6 +68,7 @@ def background() -> set[asyncio.Task[object]]:
 
 async def settled() -> None:
     """Wait, with a deadline, until every look-ahead or prefetch task has finished."""
+    await asyncio.sleep(0)  # the look-ahead starts in a callback right after the request
 
     async def idle() -> bool:
         return not background()
@@ -105,6 +106,7 @@ async def test_look_ahead_marks_then_short_circuits(tmp_path: Path) -> None:
     later = names.following(segs[-1], 1)[0]
     pg_wal_add(wal, later)
     await a.archive(wal / later)
+    await settled()
     assert [p.name for p in (tmp_path / "spool").iterdir()] == [later]
     await a.close()
 

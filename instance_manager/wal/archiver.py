@@ -61,7 +61,8 @@ class Archiver:
             raise
         finally:
             self._asked.discard(name)
-        self._refill(source.parent)
+        # After the reply: PostgreSQL's archiver waits for it, not for this bookkeeping.
+        asyncio.get_running_loop().call_soon(self._refill, source.parent)
 
     async def _archive_one(self, source: Path) -> None:
         name = source.name

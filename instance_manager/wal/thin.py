@@ -150,5 +150,15 @@ def main(argv: list[str]) -> int:
     return EXIT_FAILED
 
 
+def finish(code: int) -> None:
+    """Exit with ``code`` once stderr is flushed, skipping the interpreter's finalization:
+    the client holds nothing to clean up, and finalization is ~1 ms of every call."""
+    try:  # noqa: SIM105 - contextlib is not a built-in module: it would cost start-up
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # stderr is gone: the exit status still tells PostgreSQL
+    posix._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    finish(main(sys.argv[1:]))
