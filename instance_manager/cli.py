@@ -28,6 +28,11 @@ def wal_deadline(current: Settings) -> float:
     return 2 * current.instance.pluginTimeout + 10
 
 
+# Packages whose names are imported on first use (process/lazy.py): the daemon serves
+# HTTP with aiohttp.web and never loads aiohttp's client half in standalone mode, and it
+# needs only the Rust watcher of watchfiles, not its anyio-based API.
+LAZY_LIBRARIES = ("aiohttp", "watchfiles")
+
 # flag destination -> settings field (None values are "not given")
 _RUN_FLAGS = {
     "pg_data": "pgData",
@@ -152,6 +157,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     signals = Signals()
     signals.install_early()  # before anything slow: PID 1 drops unhandled signals
+    from instance_manager.process import lazy
+
+    lazy.register(LAZY_LIBRARIES)
 
     from instance_manager import log, settings
     from instance_manager.process import privileges

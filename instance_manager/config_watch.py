@@ -19,7 +19,7 @@ _logger = log.get()
 async def watch(path: Path, on_change: Callable[[], None]) -> None:
     last = await asyncio.to_thread(_fingerprint, path)
     await preload.wait()  # watchfiles is imported off the loop's thread while PostgreSQL starts
-    from watchfiles import awatch
+    from instance_manager.process.watch import awatch
 
     last = await _compare(path, last, on_change)  # a change while watchfiles was imported
     folder = _folder(path)

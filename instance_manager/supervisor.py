@@ -50,7 +50,7 @@ METRICS_START_WAIT = 5.0
 METRICS_START_DELAY = 0.5
 # Imported in a worker thread once PostgreSQL is ready (process/preload.py), or at most
 # PRELOAD_WAIT s after its launch.
-PRELOAD = ("instance_manager.web.service", "watchfiles")
+PRELOAD = ("instance_manager.web.service", "instance_manager.process.watch")
 PRELOAD_WAIT = 2.0
 # Kubernetes mode: the primary Lease's release at the exit gets this long.
 LEASE_RELEASE_TIMEOUT = 5.0

@@ -151,7 +151,7 @@ class FileSource(ClusterSource):
         """The document (its directory, as config_watch does, so a ConfigMap's swap is
         seen) and the reports directory, with a short step: a new targetPrimary or a
         peer's claim is seen within ~50 ms."""
-        from watchfiles import awatch
+        from instance_manager.process.watch import awatch
 
         await asyncio.to_thread(self.directory.mkdir, reports.DIRECTORY_MODE, False, True)
         folder = self.document.absolute().parent

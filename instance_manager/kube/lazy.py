@@ -9,18 +9,18 @@ import a name only when it is first asked for (PEP 562), found by reading what t
 imported as usual: ``kubernetes_asyncio.client.CoreV1Api`` or ``from kubernetes_asyncio
 import client`` keep working, and ``ApiClient`` finds a model class (``V1Lease``) when it
 deserializes one. When the library was already imported whole, nothing is replaced.
+The lazy modules are process/lazy.py's; only the reading of the names is done here.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+
+from instance_manager.process import lazy
 
 ROOT = "kubernetes_asyncio"
 PACKAGES = (ROOT, f"{ROOT}.client", f"{ROOT}.client.api", f"{ROOT}.client.models")
@@ -54,45 +54,10 @@ def install() -> None:
 def _package(name: str, directory: Path) -> ModuleType:
     init = directory / "__init__.py"
     text = init.read_text(encoding="utf-8")
+    # the library's __init__ files are long lists of absolute imports: regular expressions
+    # read them several times faster than a parse (process/lazy.py's read_init)
     names = {found: (source, False) for source, found in _FROM.findall(text)}
     names.update({alias: (source, True) for source, alias in _AS.findall(text)})
-    module = ModuleType(name, f"lazily loaded {name}")
-    module.__file__ = str(init)
-    module.__path__ = [str(directory)]
-    module.__package__ = name
-    module.__spec__ = importlib.util.spec_from_file_location(
-        name, init, submodule_search_locations=[str(directory)]
-    )
-    if version := _VERSION.search(text):
-        module.__version__ = version.group(1)  # type: ignore[attr-defined]
-    module.__getattr__ = _resolver(module, names)  # type: ignore[method-assign]
-    return module
-
-
-def _resolver(module: ModuleType, names: dict[str, tuple[str, bool]]) -> Callable[[str], Any]:
-    def resolve(attribute: str) -> Any:
-        if attribute not in names:
-            return _submodule(module, attribute)
-        source, whole = names[attribute]
-        imported = importlib.import_module(source)
-        # `import x.y as name` binds the module; `from x.y import Name` binds its member,
-        # which may itself be a submodule not imported yet (`from x import y`)
-        if whole:
-            value: Any = imported
-        elif hasattr(imported, attribute):
-            value = getattr(imported, attribute)
-        else:
-            value = importlib.import_module(f"{source}.{attribute}")
-        setattr(module, attribute, value)  # later lookups skip this function
-        return value
-
-    return resolve
-
-
-def _submodule(module: ModuleType, attribute: str) -> ModuleType:
-    """``package.sub`` read as an attribute before anything imported it (the real
-    ``__init__`` would have imported it on the way)."""
-    name = f"{module.__name__}.{attribute}"
-    if attribute.startswith("_") or importlib.util.find_spec(name) is None:
-        raise AttributeError(f"module {module.__name__!r} has no attribute {attribute!r}")
-    return importlib.import_module(name)
+    version = _VERSION.search(text)
+    constants = {"__version__": version.group(1)} if version else {}
+    return lazy.lazy_package(name, init, names, constants)

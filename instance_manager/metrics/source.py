@@ -117,7 +117,7 @@ async def watch(source: QuerySource, settings: Callable[[], Settings]) -> None:
 
 
 async def _watch(source: QuerySource, settings: Callable[[], Settings]) -> None:
-    from watchfiles import awatch
+    from instance_manager.process.watch import awatch
 
     while True:
         await source.refresh(settings())

@@ -225,7 +225,7 @@ class ServerTLS:
 
     async def watch(self) -> None:
         """Reload whenever a file in the certificates' directories changes, until cancelled."""
-        from watchfiles import awatch
+        from instance_manager.process.watch import awatch
 
         folders = sorted({str(self.certificate.parent), str(self.key.parent)})
         async for _ in awatch(
