@@ -149,6 +149,17 @@ def _install_manager(current: Settings) -> None:
         raise SettingsError(f"cannot install {target}: {exc}") from exc
 
 
+def prepare_imports() -> None:
+    """How the daemon loads its libraries, set before any of them is imported: aiohttp and
+    watchfiles by the piece, and frozenlist (aiohttp's signals, a few lists built once) in
+    its pure-Python form, whose C++ build would map libstdc++ (~0.9 MiB of RSS). Children
+    do not inherit the variable: process/spawn.py passes them an explicit environment."""
+    from instance_manager.process import lazy
+
+    lazy.register(LAZY_LIBRARIES)
+    os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
+
+
 def run_command(args: argparse.Namespace) -> int:
     # Whatever the daemon creates (sockets, spools, uploads) is private to its account;
     # PostgreSQL sets its own umask from the data directory's mode.
@@ -157,9 +168,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     signals = Signals()
     signals.install_early()  # before anything slow: PID 1 drops unhandled signals
-    from instance_manager.process import lazy
-
-    lazy.register(LAZY_LIBRARIES)
+    prepare_imports()
 
     from instance_manager import log, settings
     from instance_manager.process import privileges

@@ -7,6 +7,7 @@ Each import check runs in a fresh interpreter: the point is what a daemon's proc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,9 @@ from instance_manager.cli import LAZY_LIBRARIES
 REGISTER = "from instance_manager.process import lazy\nlazy.register(LIBRARIES)\n"
 PRELUDE = f"LIBRARIES = {LAZY_LIBRARIES!r}\n"
 
-# What the standalone daemon imports: cli.run_command's modules, the preloaded ones
-# (supervisor.PRELOAD), the metrics server; then one settings watch runs.
+# What the standalone daemon imports, after cli.prepare_imports(): cli.run_command's
+# modules, the preloaded ones (supervisor.PRELOAD), the metrics server; then one settings
+# watch runs.
 DAEMON_IMPORTS = """
 import asyncio, importlib, json, sys, tempfile
 import instance_manager.cli, instance_manager.supervisor as supervisor
@@ -67,22 +69,27 @@ print(json.dumps(out))
 
 
 def run(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    argv = [sys.executable, "-c", code]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
 def test_the_standalone_daemon_leaves_the_aiohttp_client_and_anyio_out() -> None:
-    loaded = set(json.loads(run(PRELUDE + REGISTER + DAEMON_IMPORTS)))
+    prepare = "import instance_manager.cli\ninstance_manager.cli.prepare_imports()\n"
+    loaded = set(json.loads(run(prepare + DAEMON_IMPORTS)))
     assert "aiohttp.web" in loaded
     assert "watchfiles._rust_notify" in loaded
     unused = ("aiohttp.client", "aiohttp.connector", "aiohttp.cookiejar", "aiohttp.tracing")
     assert not loaded & set(unused)
     assert not [m for m in loaded if m.split(".")[0] in ("anyio", "multiprocessing")]
     assert "watchfiles.main" not in loaded
+    assert "frozenlist" in loaded and "frozenlist._frozenlist" not in loaded  # no libstdc++
     # the same modules without the registration load them: the check means something
     whole = set(json.loads(run(PRELUDE + DAEMON_IMPORTS)))
     assert "aiohttp.connector" in whole and "anyio" in whole
+    assert "frozenlist._frozenlist" in whole
 
 
 def test_every_public_name_resolves_to_what_the_whole_library_binds() -> None:
