@@ -77,3 +77,27 @@ async def test_a_cancelled_watch_stops_its_thread(tmp_path: Path) -> None:
         return not watch_thread()
 
     await asyncio.to_thread(wait_for, threads_gone, DEADLINE, "the watch's thread to end")
+
+
+async def test_a_cancelled_watch_returns_before_its_thread_notices(tmp_path: Path) -> None:
+    """With a long step the thread notices a cancellation late; the caller (the daemon's
+    shutdown) does not wait for it, and the thread still ends on its own."""
+
+    async def run() -> None:
+        async for _ in awatch(tmp_path, step=3_000, rust_timeout=60_000, yield_on_timeout=True):
+            pass
+
+    def watch_thread() -> bool:
+        return any(t.name.startswith("watch") for t in threading.enumerate())
+
+    watching = asyncio.create_task(run())
+    await asyncio.to_thread(wait_for, watch_thread, DEADLINE, "the watch's thread")
+    watching.cancel()
+    done, _ = await asyncio.wait({watching}, timeout=1.0)  # well under the 3 s step
+    assert done and watching.cancelled()
+    assert watch_thread()  # still inside watch(), until its step ends
+
+    def threads_gone() -> bool:
+        return not watch_thread()
+
+    await asyncio.to_thread(wait_for, threads_gone, DEADLINE, "the watch's thread to end")

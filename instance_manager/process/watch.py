@@ -19,14 +19,13 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from watchfiles._rust_notify import RustNotify
 from watchfiles.filters import DefaultFilter
 
 DEFAULT_TIMEOUT_MS = 5_000  # watchfiles' rust_timeout under asyncio
 DEFAULT_POLL_DELAY_MS = 300
-STOP_WAIT = 5.0  # seconds a cancelled watch waits for the watcher thread to notice
 
 
 class Event(Protocol):
@@ -55,25 +54,32 @@ async def awatch(
 ) -> AsyncIterator[set[tuple[int, str]]]:
     """Like ``watchfiles.awatch`` (the arguments of the same names mean the same): each
     group of changes to ``paths`` not ignored by ``DefaultFilter``, until ``stop_event``
-    is set; an empty set after ``rust_timeout`` ms without one if ``yield_on_timeout``."""
+    is set; an empty set after ``rust_timeout`` ms without one if ``yield_on_timeout``.
+
+    Cancelled, it returns at once: the watcher thread notices within ``step`` ms and the
+    watcher is closed then, so a long step costs no time at shutdown."""
     stop = _Stop(stop_event)
     ignored = DefaultFilter()
     # A watch holds its thread for as long as it runs: on the loop's default executor it
     # would take one of the few workers asyncio.to_thread shares (min(32, CPUs + 4)).
     thread = ThreadPoolExecutor(1, thread_name_prefix="watch")
-    with (
-        thread,
-        RustNotify(
-            [str(p) for p in paths],
-            bool(os.getenv("WATCHFILES_DEBUG")),
-            _force_polling(),
-            _poll_delay_ms(),
-            recursive,
-            bool(os.getenv("WATCHFILES_IGNORE_PERMISSION_DENIED")),
-        ) as watcher,
-    ):
+    watcher = RustNotify(
+        [str(p) for p in paths],
+        bool(os.getenv("WATCHFILES_DEBUG")),
+        _force_polling(),
+        _poll_delay_ms(),
+        recursive,
+        bool(os.getenv("WATCHFILES_IGNORE_PERMISSION_DENIED")),
+    )
+    loop = asyncio.get_running_loop()
+    waiting: asyncio.Future[set[tuple[int, str]] | str] | None = None
+    try:
         while True:
-            raw = await _wait(thread, watcher, stop, (debounce, step, rust_timeout))
+            waiting = loop.run_in_executor(
+                thread, watcher.watch, debounce, step, rust_timeout, stop
+            )
+            raw = await asyncio.shield(waiting)
+            waiting = None
             if not isinstance(raw, str):
                 changes = {(change, path) for change, path in raw if ignored(change, path)}  # type: ignore[arg-type]
                 if changes:
@@ -85,24 +91,23 @@ async def awatch(
                 return
             else:  # "signal"
                 raise RuntimeError("watch thread unexpectedly received a signal")
-
-
-async def _wait(
-    thread: ThreadPoolExecutor, watcher: RustNotify, stop: _Stop, times: tuple[int, int, int]
-) -> set[tuple[int, str]] | str:
-    """One ``watch`` call (debounce, step, timeout in ms) in the watch's thread. Cancelled,
-    it stops the call and waits for it (at most STOP_WAIT), so that the watcher is never
-    closed while it is in use."""
-    loop = asyncio.get_running_loop()
-    waiting = loop.run_in_executor(thread, watcher.watch, *times, stop)
-    try:
-        return await asyncio.shield(waiting)
-    except asyncio.CancelledError:
+    finally:
         stop.cancelled = True
-        await asyncio.wait({waiting}, timeout=STOP_WAIT)
-        if waiting.done() and not waiting.cancelled():
-            waiting.exception()  # retrieved: the cancellation is what the caller sees
-        raise
+        # The watcher cannot be closed while its thread is in watch(): that happens when
+        # the call returns, without anyone waiting for it.
+        if waiting is None:
+            _release(watcher, thread, None)
+        else:
+            waiting.add_done_callback(lambda done: _release(watcher, thread, done))
+
+
+def _release(
+    watcher: RustNotify, thread: ThreadPoolExecutor, done: asyncio.Future[Any] | None
+) -> None:
+    if done is not None and not done.cancelled():
+        done.exception()  # retrieved: the cancellation is what the caller saw
+    watcher.close()
+    thread.shutdown(wait=False)
 
 
 def _force_polling() -> bool:
