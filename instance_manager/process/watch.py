@@ -93,21 +93,18 @@ async def awatch(
                 raise RuntimeError("watch thread unexpectedly received a signal")
     finally:
         stop.cancelled = True
-        # The watcher cannot be closed while its thread is in watch(): that happens when
-        # the call returns, without anyone waiting for it.
-        if waiting is None:
-            _release(watcher, thread, None)
-        else:
-            waiting.add_done_callback(lambda done: _release(watcher, thread, done))
+        if waiting is not None:
+            waiting.add_done_callback(_retrieve)
+        # Closed in the watch's own thread, once a watch() call still running there has
+        # returned (within ``step`` ms): nobody waits for it, and no event loop is needed.
+        thread.submit(watcher.close)
+        thread.shutdown(wait=False)
 
 
-def _release(
-    watcher: RustNotify, thread: ThreadPoolExecutor, done: asyncio.Future[Any] | None
-) -> None:
-    if done is not None and not done.cancelled():
-        done.exception()  # retrieved: the cancellation is what the caller saw
-    watcher.close()
-    thread.shutdown(wait=False)
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """The outcome of a call nobody awaits any more: the caller saw the cancellation."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _force_polling() -> bool:
