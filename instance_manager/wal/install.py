@@ -48,8 +48,8 @@ def source(socket: Path, timeout: float) -> str:
     return text
 
 
-def render(socket: Path, timeout: float, python: str) -> str:
-    """The script: the client's source under a ``#!`` line naming ``python``."""
+def render(text: str, socket: Path, timeout: float, python: str) -> str:
+    """The script: the client's source ``text`` under a ``#!`` line naming ``python``."""
     shebang = f"#!{python} -IS\n"
     if len(shebang) > SHEBANG_LIMIT or any(c.isspace() for c in python):
         raise SettingsError(f"interpreter path unusable in a #! line: {python!r}")
@@ -58,13 +58,13 @@ def render(socket: Path, timeout: float, python: str) -> str:
         "# The instance manager's WAL client (instance_manager/wal/thin.py), installed by\n"
         "# the daemon; PostgreSQL runs its compiled twin, manager.pyc. Rewritten at every start.\n"
         f"# socket: {str(socket)!r}\n# deadline: {float(timeout)!r} s\n"
-        f"{source(socket, timeout)}"
+        f"{text}"
     )
 
 
-def compiled(socket: Path, timeout: float) -> bytes:
-    """The client as a .pyc for this interpreter."""
-    code = compile(source(socket, timeout), "manager", "exec", optimize=2)
+def compiled(text: str) -> bytes:
+    """The client's source ``text`` as a .pyc for this interpreter."""
+    code = compile(text, "manager", "exec", optimize=2)
     return _PYC_HEADER + marshal.dumps(code)
 
 
@@ -75,8 +75,9 @@ def install(target: Path, socket: Path, timeout: float) -> Path:
     if not os.access(python, os.X_OK):
         raise SettingsError(f"the interpreter {python} is not executable by this account")
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(client_path(target), compiled(socket, timeout))
-    _write(target, render(socket, timeout, python).encode())
+    text = source(socket, timeout)
+    _write(client_path(target), compiled(text))
+    _write(target, render(text, socket, timeout, python).encode())
     return target
 
 
