@@ -105,21 +105,32 @@ class World:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def snapshot(self) -> dict[str, Entry]:
-        """Every path under the root but the sockets: (kind, mode, digest or link target)."""
+        """Every path under the root but the sockets: (kind, mode, digest or link target).
+
+        An upload ahead may still be writing the plugin's storage while this walks it, so an
+        entry that is gone by the time it is read (a temporary file renamed into place) is
+        recorded as absent, which is what it is."""
         found: dict[str, Entry] = {}
         for top, dirs, files in os.walk(self.root):
             for name in dirs + files:
                 path = os.path.join(top, name)
-                info = os.lstat(path)
-                mode = stat.S_IMODE(info.st_mode)
-                if stat.S_ISLNK(info.st_mode):
-                    found[path] = ("link", mode, os.readlink(path))
-                elif stat.S_ISREG(info.st_mode):
-                    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-                    found[path] = ("file", mode, digest)
-                elif stat.S_ISDIR(info.st_mode):
-                    found[path] = ("dir", mode, "")
+                with contextlib.suppress(FileNotFoundError):
+                    entry = self._entry(path)
+                    if entry is not None:
+                        found[path] = entry
         return found
+
+    @staticmethod
+    def _entry(path: str) -> Entry | None:
+        info = os.lstat(path)
+        mode = stat.S_IMODE(info.st_mode)
+        if stat.S_ISLNK(info.st_mode):
+            return ("link", mode, os.readlink(path))
+        if stat.S_ISREG(info.st_mode):
+            return ("file", mode, hashlib.sha256(Path(path).read_bytes()).hexdigest())
+        if stat.S_ISDIR(info.st_mode):
+            return ("dir", mode, "")
+        return None
 
     def may_change(self, path: str) -> bool:
         """The spools and the plugin's storage are the daemon's and the plugin's to write;
