@@ -151,12 +151,14 @@ def _install_manager(current: Settings) -> None:
 
 def prepare_imports() -> None:
     """How the daemon loads its libraries, set before any of them is imported: aiohttp and
-    watchfiles by the piece, and frozenlist (aiohttp's signals, a few lists built once) in
-    its pure-Python form, whose C++ build would map libstdc++ (~0.9 MiB of RSS). Children
-    do not inherit the variable: process/spawn.py passes them an explicit environment."""
-    from instance_manager.process import lazy
+    watchfiles by the piece, psycopg's version modules without importlib.metadata, and
+    frozenlist (aiohttp's signals, a few lists built once) in its pure-Python form, whose
+    C++ build would map libstdc++ (~0.9 MiB of RSS). Children do not inherit the variable:
+    process/spawn.py passes them an explicit environment."""
+    from instance_manager.process import distversion, lazy
 
     lazy.register(LAZY_LIBRARIES)
+    distversion.register()
     os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
 
 
