@@ -21,13 +21,6 @@ if TYPE_CHECKING:
     from instance_manager.settings import Settings
 
 
-def wal_deadline(current: Settings) -> float:
-    """The client's own deadline (SCRATCH/bin/manager): the daemon's plugin deadline twice
-    over, since a segment may wait for an archive already in flight and then its own, plus
-    a margin for the daemon's answer."""
-    return 2 * current.instance.pluginTimeout + 10
-
-
 # Packages whose names are imported on first use (process/lazy.py): the daemon serves
 # HTTP with aiohttp.web and never loads aiohttp's client half in standalone mode, and it
 # needs only the Rust watcher of watchfiles, not its anyio-based API.
@@ -144,7 +137,7 @@ def _install_manager(current: Settings) -> None:
 
     target = config.manager_path(current)
     try:
-        install.install(target, config.wal_socket(current), wal_deadline(current))
+        install.install(target, config.wal_socket(current), config.wal_deadline(current))
     except OSError as exc:
         raise SettingsError(f"cannot install {target}: {exc}") from exc
 

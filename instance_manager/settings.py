@@ -149,6 +149,11 @@ class Settings:
         return self.instance.scratchDir / "wal-archive-spool"
 
     @property
+    def archive_inflight(self) -> Path:
+        """Locked files of segments being archived ahead, for the shell to wait on."""
+        return self.instance.scratchDir / "wal-archive-inflight"
+
+    @property
     def wal_dir(self) -> Path | None:
         """pg_wal's own directory, or None when pg_wal lives inside PGDATA."""
         if self.instance.walDir is not None:

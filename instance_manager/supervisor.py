@@ -122,7 +122,13 @@ class Supervisor:
             settings.pgdata,
             lambda: self.lifecycle.settings.instance.pluginTimeout,
         )
-        archiver = Archiver(self.wal_backend, settings.archive_spool, max_parallel, self.state.wal)
+        archiver = Archiver(
+            self.wal_backend,
+            settings.archive_spool,
+            max_parallel,
+            self.state.wal,
+            inflight=settings.archive_inflight,
+        )
         restorer = Restorer(
             self.wal_backend,
             settings.restore_spool,

@@ -130,7 +130,11 @@ def test_mandatory_values_come_from_settings(tmp_root: Path) -> None:
     assert values["log_directory"] == str(tmp_root / "c" / "log")
     client = f"{config.interpreter()} -IS {tmp_root / 'c' / 'bin' / 'manager.pyc'}"
     marker = tmp_root / "c" / "wal-archive-spool" / "%f"
-    assert values["archive_command"] == f"test -e {marker} || exec {client} wal-archive %p"
+    inflight = tmp_root / "c" / "wal-archive-inflight" / "%f"
+    wait = f"flock -s -w 130 9 2>/dev/null 9<{inflight}"  # pluginTimeout 60: 2 x 60 + 10
+    assert values["archive_command"] == (
+        f"test -e {marker} || {{ {wait}; test -e {marker}; }} || exec {client} wal-archive %p"
+    )
     assert values["archive_mode"] == "on"
     assert values["logging_collector"] == "on"
     assert values["restart_after_crash"] == "off"

@@ -66,7 +66,9 @@ async def serving(root: Path, pgdata: Path, backend: Backend) -> AsyncIterator[P
     socket = root / "run" / "wal" / "instance-manager.sock"
     socket.parent.parent.mkdir(exist_ok=True)
     state = WalState()
-    archiver = Archiver(backend, root / "archive-spool", lambda: 1, state)
+    archiver = Archiver(
+        backend, root / "archive-spool", lambda: 1, state, inflight=root / "inflight"
+    )
     restorer = Restorer(backend, root / "restore-spool", lambda: 1, lambda: 16 << 20, state)
     archiver.prepare()
     restorer.prepare()

@@ -77,7 +77,7 @@ async def settled() -> None:
 
 
 def archiver(tmp_path: Path, backend: Backend, parallel: int, state: WalState) -> Archiver:
-    a = Archiver(backend, tmp_path / "spool", lambda: parallel, state)
+    a = Archiver(backend, tmp_path / "spool", lambda: parallel, state, inflight=tmp_path / "busy")
     a.prepare()
     return a
 

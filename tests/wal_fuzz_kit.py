@@ -77,6 +77,10 @@ class World:
         return self.root / "run" / "wal" / "sock"
 
     @property
+    def inflight(self) -> Path:
+        return self.root / "inflight"
+
+    @property
     def spools(self) -> list[Path]:
         return [self.root / "archive-spool", self.root / "restore-spool"]
 
@@ -133,9 +137,9 @@ class World:
         return None
 
     def may_change(self, path: str) -> bool:
-        """The spools and the plugin's storage are the daemon's and the plugin's to write;
-        the socket directories are theirs to create."""
-        mine = [*self.spools, self.storage, self.root / "run", self.root / "plugins"]
+        """The spools, the in-flight locks and the plugin's storage are the daemon's and the
+        plugin's to write; the socket directories are theirs to create."""
+        mine = [*self.spools, self.inflight, self.storage, self.root / "run", self.root / "plugins"]
         return any(path == str(d) or path.startswith(f"{d}/") for d in mine)
 
     def unexpected_changes(
@@ -169,7 +173,9 @@ async def serve(world: World, max_parallel: int = 3) -> AsyncIterator[asyncio.Ta
     state = WalState()
     backend = PluginBackend(world.root / "plugins", lambda: cluster, world.pgdata, lambda: 10.0)
     archive_spool, restore_spool = world.spools
-    archiver = Archiver(backend, archive_spool, lambda: max_parallel, state)
+    archiver = Archiver(
+        backend, archive_spool, lambda: max_parallel, state, inflight=world.inflight
+    )
     restorer = Restorer(backend, restore_spool, lambda: max_parallel, lambda: 16 << 20, state)
     archiver.prepare()
     restorer.prepare()

@@ -91,6 +91,13 @@ def wal_client(settings: Settings) -> list[str]:
     return [interpreter(), "-IS", str(client_path(manager_path(settings)))]
 
 
+def wal_deadline(settings: Settings) -> float:
+    """The client's own deadline (SCRATCH/bin/manager): the daemon's plugin deadline twice
+    over, since a segment may wait for an archive already in flight and then its own, plus
+    a margin for the daemon's answer."""
+    return 2 * settings.instance.pluginTimeout + 10
+
+
 def wal_socket(settings: Settings) -> Path:
     """Where the daemon answers the archive/restore client."""
     return wal_socket_in(settings.instance.scratchDir)
@@ -109,9 +116,15 @@ def _wal_command(settings: Settings, *args: str) -> str:
 def archive_command(settings: Settings) -> str:
     """The client, unless the shell finds the segment's marker in the archive spool: a
     segment the daemon has already stored (``wal/archiver.py``) costs PostgreSQL no more
-    than the shell it runs every command in."""
+    than the shell it runs every command in. When the segment is being stored ahead, its
+    in-flight file is locked: the shell waits for the lock (``flock``, at most the client's
+    deadline) and tests for the marker again. With no such file, the redirection fails
+    quietly, without a fork, and so does a system without ``flock``: the client runs."""
     marker = shlex.quote(str(settings.archive_spool)) + "/%f"
-    return f"test -e {marker} || exec {_wal_command(settings, 'wal-archive', '%p')}"
+    inflight = shlex.quote(str(settings.archive_inflight)) + "/%f"
+    wait = f"flock -s -w {wal_deadline(settings):g} 9 2>/dev/null 9<{inflight}"
+    client = _wal_command(settings, "wal-archive", "%p")
+    return f"test -e {marker} || {{ {wait}; test -e {marker}; }} || exec {client}"
 
 
 def restore_command(settings: Settings, rewind: bool = False) -> str:

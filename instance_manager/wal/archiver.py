@@ -9,7 +9,12 @@ written only after the plugin confirmed durable storage, so a marker never hides
 unarchived segment. PostgreSQL's archive_command tests for the marker in the shell before
 it starts the client (``postgres/config.py``): a segment stored ahead costs PostgreSQL a
 shell's start, not an interpreter's. When the client runs all the same (the upload was
-still running), the daemon waits for that upload and answers from its marker. A marker is
+still running), the daemon waits for that upload and answers from its marker. While a
+segment is uploaded ahead, the daemon holds an exclusive ``flock`` on its file in the
+in-flight directory, from before the upload until after the marker: the shell waits for
+that lock (``flock -s``) and tests for the marker again before it starts the client, so
+PostgreSQL waits for an upload under way without an interpreter either. The kernel drops
+the lock if the daemon dies, so the wait ends with the daemon. A marker is
 removed once its segment has no ``.ready`` file any more, that is once PostgreSQL has
 recorded it as archived; losing the spool (a new pod) only means archiving those
 segments again. Each stored segment is counted once, when the plugin stored it.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import heapq
 import os
 from collections.abc import Callable, Iterable
@@ -38,9 +44,11 @@ class Archiver:
         spool: Path,
         max_parallel: Callable[[], int],
         state: WalState,
+        inflight: Path,
     ) -> None:
         self.backend = backend
         self.spool = spool
+        self.inflight = inflight
         self.max_parallel = max_parallel
         self.state = state
         self._ahead: dict[str, asyncio.Task[None]] = {}
@@ -48,6 +56,10 @@ class Archiver:
 
     def prepare(self) -> None:
         self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.inflight.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for entry in os.listdir(self.inflight):  # an earlier daemon's: nothing holds them
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.inflight / entry)
 
     async def archive(self, source: Path) -> None:
         """Archive ``source`` (an absolute path in pg_wal); raise on failure."""
@@ -106,17 +118,54 @@ class Archiver:
         """Upload one segment early; on success leave its marker and start the next.
         Never raises: PostgreSQL asks for a segment that failed here in its turn."""
         name = source.name
+        held = self._hold(name)
+        try:
+            marked = await self._store_ahead(source)
+        finally:
+            self._ahead.pop(name, None)
+            self._release(name, held)  # after the marker: the shell waiting sees it
+        if marked:
+            log.event(_logger, "archived ahead", wal=name)
+            self._refill(source.parent)
+
+    async def _store_ahead(self, source: Path) -> bool:
+        """True once the plugin stored ``source`` and its marker is written."""
         try:
             await self.backend.archive(source)
         except Exception as exc:
-            log.event(_logger, "archive ahead failed", wal=name, error=str(exc))
+            log.event(_logger, "archive ahead failed", wal=source.name, error=str(exc))
+            return False
+        self.state.archived(source.name, ahead=True)
+        return self._mark(source.name)
+
+    def _hold(self, name: str) -> int | None:
+        """An exclusive lock on ``name``'s in-flight file, taken before the file appears
+        under its name (a shell that opens it always waits); None if it cannot be made."""
+        path, staged = self.inflight / name, self.inflight / f".{name}"
+        try:
+            fd = os.open(staged, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.event(_logger, "cannot hold an in-flight lock", wal=name, error=str(exc))
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this file
+            os.rename(staged, path)
+        except OSError as exc:
+            log.event(_logger, "cannot hold an in-flight lock", wal=name, error=str(exc))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+            os.close(fd)
+            return None
+        return fd
+
+    def _release(self, name: str, fd: int | None) -> None:
+        """Remove the in-flight file, then drop its lock: a shell waiting on it goes on,
+        and one that comes later finds no file and no wait."""
+        if fd is None:
             return
-        finally:
-            self._ahead.pop(name, None)
-        self.state.archived(name, ahead=True)
-        if self._mark(name):
-            log.event(_logger, "archived ahead", wal=name)
-            self._refill(source.parent)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.inflight / name)
+        os.close(fd)
 
     def _mark(self, name: str) -> bool:
         try:
