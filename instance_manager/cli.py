@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,8 @@ from instance_manager.errors import (
 )
 
 if TYPE_CHECKING:
+    from instance_manager.kube.start import Found
+    from instance_manager.process.signals import Signals
     from instance_manager.settings import Settings
 
 
@@ -187,16 +189,28 @@ def run_command(args: argparse.Namespace) -> int:
     privileges.prepare(current)
     _install_manager(current)
 
+    return _supervise(current, load, signals, args.config, kube)
+
+
+def _supervise(
+    current: Settings,
+    load: Callable[[], Settings],
+    signals: Signals,
+    config_file: Path | None,
+    kube: Found | None,
+) -> int:
+    """Run the supervisor until it stops; after ``PUT /update``, re-execute into the new
+    build (PostgreSQL still runs, and the new build adopts it through its pidfile)."""
     import asyncio
 
+    from instance_manager import log
     from instance_manager.supervisor import Supervisor
 
     while True:
-        supervisor = Supervisor(current, load, signals, args.config, kube)
+        supervisor = Supervisor(current, load, signals, config_file, kube)
         code = asyncio.run(supervisor.run())
         if supervisor.reexec_argv is None:
             return code
-        # PUT /update: PostgreSQL still runs; the new build adopts it through its pidfile.
         from instance_manager.upgrade import build
 
         sys.stdout.flush()

@@ -153,46 +153,63 @@ class Supervisor:
         preloading = preload.start(PRELOAD, after=self._postgres_first())
         try:
             async with asyncio.TaskGroup() as tg:
-                background = [
-                    # stdout is written from a worker thread: the loop never waits on it.
-                    tg.create_task(self._guard("log writer", log.output().run())),
-                    tg.create_task(self._guard("reaper", self.reaper.run())),
-                    tg.create_task(self._guard("log pipes", self.pipes.run())),
-                    # Serves archive_command until PostgreSQL is down: the archiver drains
-                    # the ready WAL during the shutdown.
-                    tg.create_task(self._guard("WAL server", self.wal_server.run())),
-                ]
-                if self._status_socket is not None:
-                    early_probes = self._optional("start-up probes", self._early_probes())
-                    background.append(tg.create_task(early_probes))
-                if self.reconciler is not None:  # prepares PGDATA before the first start
-                    reconciler = self._guard("cluster reconciler", self.reconciler.run())
-                    background.append(tg.create_task(reconciler))
+                background = self._start_background(tg)
                 life = tg.create_task(self._run_lifecycle())
                 await self._first(self.lifecycle.spawned.wait(), life)
                 if not life.done():
-                    background.append(tg.create_task(self._guard("status server", self._web())))
-                    background.append(tg.create_task(self._optional("metrics", self._metrics())))
-                if self.reconciler is None and not life.done():
-                    background.append(tg.create_task(self._in_place()))
-                # In cluster mode the reconciler watches the document itself.
-                if self.config_file is not None and self.reconciler is None and not life.done():
-                    watcher = config_watch.watch(self.config_file, self.lifecycle.request_reload)
-                    background.append(tg.create_task(self._guard("settings watch", watcher)))
+                    background += self._start_serving(tg)
                 await life
                 for task in background:
                     task.cancel()
         finally:
             preloading.cancel()
             self.signals.detach(loop)
-            await self.wal_backend.close()
-            if self.source is not None:
-                await self._release_primary()
-                await self.source.close()
-            if self._status_socket is not None:
-                self._status_socket.close()
+            await self._close()
         log.event(_logger, "instance manager stopped", exit_code=self.exit_code)
         return self.exit_code
+
+    def _start_background(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """What runs from the start, before PostgreSQL is launched."""
+        background = [
+            # stdout is written from a worker thread: the loop never waits on it.
+            tg.create_task(self._guard("log writer", log.output().run())),
+            tg.create_task(self._guard("reaper", self.reaper.run())),
+            tg.create_task(self._guard("log pipes", self.pipes.run())),
+            # Serves archive_command until PostgreSQL is down: the archiver drains the
+            # ready WAL during the shutdown.
+            tg.create_task(self._guard("WAL server", self.wal_server.run())),
+        ]
+        if self._status_socket is not None:
+            early_probes = self._optional("start-up probes", self._early_probes())
+            background.append(tg.create_task(early_probes))
+        if self.reconciler is not None:  # prepares PGDATA before the first start
+            reconciler = self._guard("cluster reconciler", self.reconciler.run())
+            background.append(tg.create_task(reconciler))
+        return background
+
+    def _start_serving(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """What runs once PostgreSQL is launched: the status and metrics servers, and in
+        standalone mode the in-place settings and the settings file's watch (in cluster
+        mode the reconciler watches the document itself)."""
+        serving = [
+            tg.create_task(self._guard("status server", self._web())),
+            tg.create_task(self._optional("metrics", self._metrics())),
+        ]
+        if self.reconciler is None:
+            serving.append(tg.create_task(self._in_place()))
+            if self.config_file is not None:
+                watcher = config_watch.watch(self.config_file, self.lifecycle.request_reload)
+                serving.append(tg.create_task(self._guard("settings watch", watcher)))
+        return serving
+
+    async def _close(self) -> None:
+        """After the lifecycle: the plugin channels, the primary Lease, the status port."""
+        await self.wal_backend.close()
+        if self.source is not None:
+            await self._release_primary()
+            await self.source.close()
+        if self._status_socket is not None:
+            self._status_socket.close()
 
     async def _release_primary(self) -> None:
         """On the way out, PostgreSQL down and its WAL archived: the primary Lease, so that a

@@ -63,14 +63,7 @@ async def awatch(
     # A watch holds its thread for as long as it runs: on the loop's default executor it
     # would take one of the few workers asyncio.to_thread shares (min(32, CPUs + 4)).
     thread = ThreadPoolExecutor(1, thread_name_prefix="watch")
-    watcher = RustNotify(
-        [str(p) for p in paths],
-        bool(os.getenv("WATCHFILES_DEBUG")),
-        _force_polling(),
-        _poll_delay_ms(),
-        recursive,
-        bool(os.getenv("WATCHFILES_IGNORE_PERMISSION_DENIED")),
-    )
+    watcher = _rust_watcher(paths, recursive)
     loop = asyncio.get_running_loop()
     waiting: asyncio.Future[set[tuple[int, str]] | str] | None = None
     try:
@@ -99,6 +92,18 @@ async def awatch(
         # returned (within ``step`` ms): nobody waits for it, and no event loop is needed.
         thread.submit(watcher.close)
         thread.shutdown(wait=False)
+
+
+def _rust_watcher(paths: tuple[Path | str, ...], recursive: bool) -> RustNotify:
+    """watchfiles' watcher, set up from its environment variables as ``awatch`` does."""
+    return RustNotify(
+        [str(p) for p in paths],
+        bool(os.getenv("WATCHFILES_DEBUG")),
+        _force_polling(),
+        _poll_delay_ms(),
+        recursive,
+        bool(os.getenv("WATCHFILES_IGNORE_PERMISSION_DENIED")),
+    )
 
 
 def _retrieve(done: asyncio.Future[Any]) -> None:
