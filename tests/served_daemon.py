@@ -168,13 +168,16 @@ POSTGRES_DOWN_ERRORS = frozenset({"postmaster exited unexpectedly"})
 def tls_daemon_postgres_down(template_pgdata: Path) -> Iterator[Served]:
     """The daemon serving while PostgreSQL is down, as production gets there in standalone
     mode (``--on-postmaster-exit restart``): a running primary's Cluster gains a preloaded
-    library the image lacks (a restart parameter: PostgreSQL keeps running without it), then
-    the postmaster dies (SIGKILL, as from the OOM killer). Every restart the daemon makes
-    exits at once, so PostgreSQL stays down and the daemon retries with a growing back-off,
-    serving meanwhile. Exits 0 when stopped during the back-off."""
+    library the image lacks (a restart parameter: PostgreSQL keeps running without it, as
+    the update is supervised), then the postmaster dies (SIGKILL, as from the OOM killer).
+    Every restart the daemon makes exits at once, so PostgreSQL stays down and the daemon
+    retries with a growing back-off, serving meanwhile. Exits 0 when stopped during the
+    back-off. (Unsupervised, the daemon's own restart in place, within a second, would race
+    with the kill: on a slow machine it came first, and no postmaster was left to kill.)"""
     with tls_daemon(template_pgdata, "--on-postmaster-exit", "restart") as served:
         inst, daemon = served.inst, served.daemon
         doc = yaml.safe_load(inst.config_file.read_text())
+        doc["spec"]["primaryUpdateStrategy"] = "supervised"
         doc["spec"]["postgresql"]["shared_preload_libraries"] = [MISSING_LIBRARY]
         inst.config_file.write_text(yaml.safe_dump(doc))
         daemon.wait_log("configuration applied; some parameters need a restart")
